@@ -1,0 +1,8 @@
+"""nfnets_jax: Normalizer-Free networks and Adaptive Gradient Clipping in JAX + Haiku."""
+from nfnets_jax.counting import count_macs, count_params, model_macs, model_param_count
+from nfnets_jax.models import create_model, transform
+from nfnets_jax.nfnet import NFNet, NFNET_VARIANTS
+from nfnets_jax.nfresnet import NFResNet
+from nfnets_jax.resnet import ResNet
+
+__version__ = "0.1.0"

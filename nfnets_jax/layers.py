@@ -1,0 +1,318 @@
+"""Building blocks of Normalizer-Free networks.
+
+Scaled Weight Standardised convolutions, variance-preserving ("gamma-scaled")
+activations, Squeeze-Excite, batchwise stochastic depth and the signal metrics
+of the NF-ResNet paper. Module and parameter names follow the authors' release,
+so that its checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# The plain non-linearities, before scaling. gelu is the tanh approximation
+# (jax.nn.gelu's default), which the released checkpoints were trained with.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "identity": lambda x: x,
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+}
+
+# The gammas of the authors' release. They estimated 1 / std(g(z)) by sampling,
+# so each sits 0.03-0.09% above the exact value `exact_gamma` computes; the
+# released checkpoints were trained with these, so the networks use them.
+RELEASED_GAMMAS: dict[str, float] = {
+    "identity": 1.0,
+    "relu": 1.7139588594436646,
+    "gelu": 1.7015043497085571,
+    "silu": 1.7881293296813965,
+    "elu": 1.2716004848480225,
+    "leaky_relu": 1.70590341091156,
+    "tanh": 1.5939117670059204,
+    "sigmoid": 4.803835391998291,
+    "softplus": 1.9203323125839233,
+}
+
+
+def _check_activation(name: str) -> None:
+  if name not in ACTIVATIONS:
+    raise ValueError(
+        f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
+
+
+def exact_gamma(name: str, half_width: float = 12.0, nodes: int = 256) -> float:
+  """`1 / sqrt(Var[g(z)])` for `z ~ N(0, 1)`, by Gauss-Legendre quadrature.
+
+  Integrates each half-line separately so the kink of relu-like functions at
+  zero sits on an interval boundary, where the quadrature stays exact.
+
+  Args:
+    name: a key of `ACTIVATIONS`.
+    half_width: the integral is taken over [-half_width, half_width]; the
+      Gaussian mass outside 12 standard deviations is below 1e-32.
+    nodes: quadrature nodes per half-line.
+
+  Returns:
+    The variance-preserving gain of the activation.
+  """
+  _check_activation(name)
+  t, w = np.polynomial.legendre.leggauss(nodes)
+  # Map [-1, 1] to [0, half_width] and mirror it for the negative half-line.
+  pos = (t + 1) * half_width / 2
+  z = np.concatenate([-pos, pos])
+  weights = np.concatenate([w, w]) * half_width / 2
+  weights *= np.exp(-z**2 / 2) / np.sqrt(2 * np.pi)
+  g = np.asarray(ACTIVATIONS[name](jnp.asarray(z, jnp.float32)), np.float64)
+  mean = np.sum(weights * g)
+  var = np.sum(weights * g**2) - mean**2
+  return float(1.0 / np.sqrt(var))
+
+
+def scaled_activation(name: str, gamma: str = "released") -> Callable[[Array], Array]:
+  """The activation `name` multiplied by its variance-preserving gamma.
+
+  Args:
+    name: a key of `ACTIVATIONS`.
+    gamma: 'released' for the authors' constants (what their checkpoints
+      expect) or 'exact' for the value computed from the definition.
+
+  Returns:
+    A function `x -> g(x) * gamma`.
+  """
+  _check_activation(name)
+  if gamma == "released":
+    value = RELEASED_GAMMAS[name]
+  elif gamma == "exact":
+    value = exact_gamma(name)
+  else:
+    raise ValueError(f"gamma must be 'released' or 'exact', got {gamma!r}.")
+  fn = ACTIVATIONS[name]
+  return lambda x: fn(x) * value
+
+
+def _default_grouped_impl() -> str:
+  # XLA's CPU backend runs feature_group_count convolutions far slower than
+  # one dense convolution per group; GPU and TPU have fast grouped kernels.
+  return "split" if jax.default_backend() == "cpu" else "xla"
+
+
+GROUPED_CONV_IMPLS = ("auto", "xla", "split")
+
+
+def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
+           impl: str = "auto") -> Array:
+  """NHWC x HWIO convolution with SAME padding and `groups` feature groups.
+
+  Args:
+    x: input, NHWC.
+    w: kernel, HWIO with I = channels of x // groups.
+    stride: spatial stride.
+    groups: number of feature groups.
+    impl: 'xla' uses `feature_group_count`; 'split' runs one dense convolution
+      per group and concatenates (same result, faster on CPU); 'auto' picks by
+      backend.
+
+  Returns:
+    The output, NHWC.
+  """
+  if impl not in GROUPED_CONV_IMPLS:
+    raise ValueError(f"Unknown grouped conv impl {impl!r}; choose one of {GROUPED_CONV_IMPLS}.")
+  conv = functools.partial(
+      jax.lax.conv_general_dilated, window_strides=(stride, stride),
+      padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if impl == "auto":
+    impl = _default_grouped_impl()
+  if groups == 1 or impl == "xla":
+    return conv(x, w, feature_group_count=groups)
+  # Group g reads input channels [g*I, (g+1)*I) and writes the g-th block of
+  # output channels, so splitting both along their channel axes pairs them.
+  xs = jnp.split(x, groups, axis=-1)
+  ws = jnp.split(w, groups, axis=-1)
+  return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=-1)
+
+
+class WSConv2D(hk.Module):
+  """2D convolution with Scaled Weight Standardisation and an affine gain.
+
+  `W_hat = gain * (W - mean) / sqrt(N * var)` per output channel over its
+  fan-in of N = H * W * I numbers, with `N * var` floored at `eps`; a bias is
+  always added. Parameters: `w` (HWIO, init N(0, 1/fan_in)), `gain`, `bias`.
+  """
+
+  def __init__(self, output_channels: int, kernel_shape: int, stride: int = 1,
+               feature_group_count: int = 1, standardize: bool = True,
+               eps: float = 1e-4, grouped_conv: str = "auto",
+               name: str | None = None):
+    """Args:
+      output_channels: number of output channels.
+      kernel_shape: square kernel size.
+      stride: spatial stride.
+      feature_group_count: number of feature groups (grouped convolution).
+      standardize: False gives a plain convolution with the same parameters
+        (used to show the mean shift that standardisation removes).
+      eps: floor of `N * var`.
+      grouped_conv: formulation of grouped convolutions, see `conv2d`.
+      name: module name (part of the checkpoint format).
+    """
+    super().__init__(name=name)
+    self.output_channels = output_channels
+    self.kernel_shape = kernel_shape
+    self.stride = stride
+    self.feature_group_count = feature_group_count
+    self.standardize = standardize
+    self.eps = eps
+    self.grouped_conv = grouped_conv
+
+  def standardized_weight(self, w: Array) -> Array:
+    gain = hk.get_parameter("gain", (w.shape[-1],), w.dtype, init=jnp.ones)
+    if not self.standardize:
+      return w * gain
+    fan_in = np.prod(w.shape[:-1])
+    mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
+    var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
+    # Fused (w - mean) * scale, with scale = gain / sqrt(max(N * var, eps)).
+    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, self.eps)) * gain
+    return w * scale - mean * scale
+
+  def __call__(self, x: Array) -> Array:
+    in_ch = x.shape[-1]
+    if in_ch % self.feature_group_count:
+      raise ValueError(
+          f"{self.module_name}: {in_ch} input channels do not split into "
+          f"{self.feature_group_count} groups.")
+    k = self.kernel_shape
+    w_shape = (k, k, in_ch // self.feature_group_count, self.output_channels)
+    w_init = hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
+    w = hk.get_parameter("w", w_shape, x.dtype, init=w_init)
+    out = conv2d(x, self.standardized_weight(w), self.stride,
+                 self.feature_group_count, self.grouped_conv)
+    bias = hk.get_parameter("bias", (self.output_channels,), x.dtype, init=jnp.zeros)
+    return out + bias
+
+
+class SqueezeExcite(hk.Module):
+  """Squeeze-and-Excite: channel gates from the spatial mean of the input.
+
+  mean-pool -> linear to `in_ch * se_ratio` -> relu (unscaled) -> linear to
+  `out_ch` -> sigmoid. Returns the gates, shaped [N, 1, 1, out_ch].
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, se_ratio: float = 0.5,
+               name: str | None = None):
+    super().__init__(name=name)
+    self.fc0 = hk.Linear(max(1, int(in_ch * se_ratio)))
+    self.fc1 = hk.Linear(out_ch)
+
+  def __call__(self, x: Array) -> Array:
+    h = jnp.mean(x, axis=(1, 2))
+    h = self.fc1(jax.nn.relu(self.fc0(h)))
+    return jax.nn.sigmoid(h)[:, None, None]
+
+
+def stochastic_depth(x: Array, drop_rate: float, is_training: bool) -> Array:
+  """Drops the whole residual branch per example with probability `drop_rate`.
+
+  As in the authors' release, kept branches are not rescaled by 1/keep: the
+  skip_gain learns the scale and evaluation needs no correction.
+  """
+  if not is_training or drop_rate <= 0.0:
+    return x
+  keep = jax.random.bernoulli(hk.next_rng_key(), 1.0 - drop_rate,
+                              (x.shape[0],) + (1,) * (x.ndim - 1))
+  return x * keep.astype(x.dtype)
+
+
+def signal_metrics(x: Array, index: int) -> dict[str, Array]:
+  """Average channel squared mean and average channel variance of NHWC `x`."""
+  return {
+      f"avg_sq_mean_{index}": jnp.mean(jnp.mean(x, axis=(0, 1, 2))**2),
+      f"avg_var_{index}": jnp.mean(jnp.var(x, axis=(0, 1, 2))),
+  }
+
+
+def residual_variance(x: Array) -> Array:
+  """Average channel variance of a residual branch, for the SPP plots."""
+  return jnp.mean(jnp.var(x, axis=(0, 1, 2)))
+
+
+def expected_stds(stage_depths: Sequence[int], alpha: float) -> list[float]:
+  """Predicted std of each block's input, the `1 / beta` of every block.
+
+  The transition block of each stage resets the running variance to 1 (its
+  shortcut is a projection of the normalised input) before adding its alpha^2.
+  """
+  stds, expected_std = [], 1.0
+  for depth in stage_depths:
+    for block_index in range(depth):
+      stds.append(expected_std)
+      if block_index == 0:
+        expected_std = 1.0
+      expected_std = (expected_std**2 + alpha**2)**0.5
+  return stds
+
+
+class BlockSpec(NamedTuple):
+  """Constructor arguments that vary from block to block of a ResNet body."""
+  in_ch: int
+  out_ch: int
+  stride: int
+  beta: float
+  stochdepth_rate: float
+
+
+def block_specs(stage_depths: Sequence[int], stage_widths: Sequence[int],
+                in_ch: int, alpha: float, stochdepth_rate: float) -> list[BlockSpec]:
+  """Per-block arguments of a four-stage body with strides (1, 2, 2, 2).
+
+  Block i of n (0-based over all blocks) gets stochastic-depth rate
+  `stochdepth_rate * i / n` and `beta = 1 / expected_std`.
+  """
+  stds = expected_stds(stage_depths, alpha)
+  num_blocks = sum(stage_depths)
+  specs = []
+  for stage, (depth, out_ch) in enumerate(zip(stage_depths, stage_widths)):
+    for block_index in range(depth):
+      i = len(specs)
+      stride = 2 if stage > 0 and block_index == 0 else 1
+      specs.append(BlockSpec(in_ch, out_ch, stride, 1.0 / stds[i],
+                             stochdepth_rate * i / num_blocks))
+      in_ch = out_ch
+  return specs
+
+
+def apply_blocks(x: Array, blocks: Sequence[Callable], is_training: bool,
+                 outputs: dict[str, Array] | None) -> Array:
+  """Runs residual blocks in sequence, recording signal metrics in `outputs`.
+
+  Each block returns (output, residual-branch variance). Pass outputs=None to
+  skip the metrics.
+  """
+  for i, block in enumerate(blocks):
+    x, res_var = block(x, is_training)
+    if outputs is not None:
+      outputs.update(signal_metrics(x, i + 1))
+      outputs[f"res_avg_var_{i}"] = res_var
+  return x
+
+
+def classify(pool: Array, fc: Callable[[Array], Array], drop_rate: float,
+             is_training: bool, outputs: dict[str, Array]) -> dict[str, Array]:
+  """Records pooled features, applies dropout in training, then the classifier."""
+  outputs["pool"] = pool
+  if is_training and drop_rate > 0.0:
+    pool = hk.dropout(hk.next_rng_key(), drop_rate, pool)
+  outputs["logits"] = fc(pool)
+  return outputs

@@ -1,0 +1,153 @@
+"""NFNets: the F-series of Brock et al. 2021, arXiv 2102.06171."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from nfnets_jax import layers
+
+# Per-variant architecture and training-recipe numbers (NFNETS.md).
+# randaugment: (num_layers, magnitude).
+_BASE_WIDTHS = (256, 512, 1536, 1536)
+_PLUS_WIDTHS = (384, 768, 2048, 2048)
+_F_SERIES = {
+    "F0": dict(depths=(1, 2, 6, 3), train_px=192, test_px=256, drop_rate=0.2, randaugment=(4, 5)),
+    "F1": dict(depths=(2, 4, 12, 6), train_px=224, test_px=320, drop_rate=0.3, randaugment=(4, 10)),
+    "F2": dict(depths=(3, 6, 18, 9), train_px=256, test_px=352, drop_rate=0.4, randaugment=(4, 10)),
+    "F3": dict(depths=(4, 8, 24, 12), train_px=320, test_px=416, drop_rate=0.4, randaugment=(4, 15)),
+    "F4": dict(depths=(5, 10, 30, 15), train_px=384, test_px=512, drop_rate=0.5, randaugment=(4, 15)),
+    "F5": dict(depths=(6, 12, 36, 18), train_px=416, test_px=544, drop_rate=0.5, randaugment=(4, 15)),
+    "F6": dict(depths=(7, 14, 42, 21), train_px=448, test_px=576, drop_rate=0.5, randaugment=(4, 15)),
+    "F7": dict(depths=(8, 16, 48, 24), train_px=480, test_px=608, drop_rate=0.5, randaugment=(4, 15)),
+}
+NFNET_VARIANTS: dict[str, dict[str, Any]] = {
+    **{k: dict(v, widths=_BASE_WIDTHS) for k, v in _F_SERIES.items()},
+    **{k + "+": dict(v, widths=_PLUS_WIDTHS) for k, v in _F_SERIES.items()},
+}
+
+
+def variant_spec(variant: str) -> dict[str, Any]:
+  """The architecture and recipe numbers of an NFNet variant ('F0'...'F7+')."""
+  if variant not in NFNET_VARIANTS:
+    raise ValueError(
+        f"Unknown NFNet variant {variant!r}; choose one of {list(NFNET_VARIANTS)}.")
+  return NFNET_VARIANTS[variant]
+
+
+class NFBlock(hk.Module):
+  """Pre-activation bottleneck block with two grouped 3x3 convs and SE."""
+
+  def __init__(self, in_ch: int, out_ch: int, stride: int = 1,
+               beta: float = 1.0, stochdepth_rate: float = 0.0, *,
+               expansion: float = 0.5, se_ratio: float = 0.5,
+               group_width: int = 128, alpha: float = 0.2, activation=jax.nn.relu,
+               grouped_conv: str = "auto", name: str | None = None):
+    super().__init__(name=name)
+    self.stride = stride
+    self.beta, self.alpha = beta, alpha
+    self.activation = activation
+    self.stochdepth_rate = stochdepth_rate
+    # Bottleneck width from the OUTPUT width, rounded down to whole groups.
+    groups = max(1, int(out_ch * expansion) // group_width)
+    width = groups * group_width
+    conv = layers.WSConv2D
+    self.conv0 = conv(width, 1, name="conv0")
+    self.conv1 = conv(width, 3, stride=stride, feature_group_count=groups,
+                      grouped_conv=grouped_conv, name="conv1")
+    self.conv1b = conv(width, 3, feature_group_count=groups,
+                       grouped_conv=grouped_conv, name="conv1b")
+    self.conv2 = conv(out_ch, 1, name="conv2")
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = conv(out_ch, 1, name="conv_shortcut")
+    self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
+
+  def __call__(self, x, is_training: bool):
+    out = self.activation(x) * self.beta
+    if self.use_projection:
+      shortcut = out
+      if self.stride > 1:
+        shortcut = hk.avg_pool(shortcut, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+      shortcut = self.conv_shortcut(shortcut)
+    else:
+      shortcut = x
+    out = self.conv0(out)
+    out = self.conv1(self.activation(out))
+    out = self.conv1b(self.activation(out))
+    out = self.conv2(self.activation(out))
+    # x2 so that the sigmoid gates (0.5 on average at init) preserve variance.
+    out = 2 * self.se(out) * out
+    res_var = layers.residual_variance(out)
+    out = layers.stochastic_depth(out, self.stochdepth_rate, is_training)
+    out = out * hk.get_parameter("skip_gain", (), out.dtype, init=jnp.zeros)
+    return out * self.alpha + shortcut, res_var
+
+
+class NFNet(hk.Module):
+  """Normalizer-Free Network, F-series.
+
+  `model(images, is_training, return_metrics=False)` returns a dict with
+  `logits` and `pool` (the pooled features before dropout) and, with
+  `return_metrics`, the per-block signal metrics `avg_sq_mean_i`, `avg_var_i`
+  (i = 0 for the stem, i + 1 for block i) and `res_avg_var_i`.
+  """
+
+  def __init__(self, num_classes: int, variant: str = "F0", width: float = 1.0,
+               se_ratio: float = 0.5, alpha: float = 0.2,
+               stochdepth_rate: float = 0.1, drop_rate: float | None = None,
+               activation: str = "gelu", final_conv_mult: float = 2,
+               stage_depths: Sequence[int] | None = None,
+               stage_widths: Sequence[int] | None = None,
+               group_width: int = 128, fc_init=None,
+               grouped_conv: str = "auto", name: str = "NFNet"):
+    """Args:
+      num_classes: classifier outputs.
+      variant: 'F0'...'F7' or 'F0+'...'F7+'.
+      width: multiplier of the stage widths.
+      se_ratio: Squeeze-Excite hidden width as a fraction of the block output.
+      alpha: residual branch scale.
+      stochdepth_rate: stochastic-depth rate of the last block (linear ramp).
+      drop_rate: dropout before the classifier; None takes the variant's.
+      activation: name of the non-linearity (see `layers.ACTIVATIONS`).
+      final_conv_mult: width of the final 1x1 conv over the last stage's.
+      stage_depths: overrides the variant's blocks per stage (small models).
+      stage_widths: overrides the variant's stage widths (small models).
+      group_width: channels per group in the grouped 3x3 convs.
+      fc_init: classifier weight initialiser; default N(0, 0.01).
+      grouped_conv: grouped convolution formulation, see `layers.conv2d`.
+      name: module name (part of the checkpoint format).
+    """
+    super().__init__(name=name)
+    spec = variant_spec(variant)
+    self.activation = layers.scaled_activation(activation)
+    self.drop_rate = spec["drop_rate"] if drop_rate is None else drop_rate
+    base_widths = tuple(stage_widths or spec["widths"])
+    stage_widths = tuple(int(w * width) for w in base_widths)
+    stem_width = base_widths[0] // 2
+    self.stem = [layers.WSConv2D(ch, 3, stride=stride, name=f"stem_conv{i}")
+                 for i, (ch, stride) in enumerate(zip((16, 32, 64, stem_width), (2, 1, 1, 2)))]
+    specs = layers.block_specs(stage_depths or spec["depths"], stage_widths,
+                               stem_width, alpha, stochdepth_rate)
+    self.blocks = [
+        NFBlock(*s, se_ratio=se_ratio, group_width=group_width, alpha=alpha,
+                activation=self.activation, grouped_conv=grouped_conv, name="nf_block")
+        for s in specs]
+    self.final_conv = layers.WSConv2D(int(final_conv_mult * stage_widths[-1]), 1,
+                                      name="final_conv")
+    self.fc = hk.Linear(num_classes, w_init=fc_init or hk.initializers.RandomNormal(0.01))
+
+  def __call__(self, x, is_training: bool = True, return_metrics: bool = False):
+    outputs = {}
+    out = self.stem[0](x)
+    for conv in self.stem[1:]:
+      out = conv(self.activation(out))
+    if return_metrics:
+      outputs.update(layers.signal_metrics(out, 0))
+    out = layers.apply_blocks(out, self.blocks, is_training,
+                              outputs if return_metrics else None)
+    out = self.activation(self.final_conv(out))
+    return layers.classify(jnp.mean(out, axis=(1, 2)), self.fc, self.drop_rate,
+                           is_training, outputs)

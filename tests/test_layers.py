@@ -1,0 +1,164 @@
+"""Layers: gammas, weight standardisation, grouped convs, SE, stochastic depth."""
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nfnets_jax import layers
+
+
+def test_exact_gamma_relu_matches_closed_form():
+  # Var[relu(z)] = 1/2 - 1/(2 pi) for z ~ N(0, 1).
+  expected = 1.0 / np.sqrt(0.5 - 1.0 / (2 * np.pi))
+  assert layers.exact_gamma("relu") == pytest.approx(expected, rel=1e-6)
+  assert layers.exact_gamma("identity") == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(layers.ACTIVATIONS))
+def test_exact_gamma_matches_monte_carlo(name):
+  z = np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)
+  g = np.asarray(layers.ACTIVATIONS[name](jnp.asarray(z)), np.float64)
+  # 1M samples: the std estimate is good to ~0.1%; allow 0.5%.
+  assert layers.exact_gamma(name) == pytest.approx(1 / g.std(), rel=5e-3)
+
+
+@pytest.mark.parametrize("name", sorted(layers.ACTIVATIONS))
+def test_released_gammas_agree_with_definition(name):
+  # The authors sampled their gammas; they sit within 0.1% of the exact value.
+  assert layers.RELEASED_GAMMAS[name] == pytest.approx(layers.exact_gamma(name), rel=1e-3)
+
+
+@pytest.mark.parametrize("gamma", ["released", "exact"])
+def test_scaled_activations_preserve_variance(gamma):
+  z = jax.random.normal(jax.random.PRNGKey(0), (1_000_000,))
+  for name in layers.ACTIVATIONS:
+    out = layers.scaled_activation(name, gamma)(z)
+    assert float(jnp.var(out)) == pytest.approx(1.0, rel=5e-3), name
+
+
+def test_unknown_activation_is_named():
+  with pytest.raises(ValueError, match="Unknown activation 'swish'.*gelu"):
+    layers.scaled_activation("swish")
+
+
+def _apply_module(make, x, rng=0):
+  f = hk.transform(lambda x: make()(x))
+  params = f.init(jax.random.PRNGKey(rng), x)
+  return params, f.apply(params, None, x)
+
+
+def test_ws_conv_equals_numpy_standardisation():
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 9, 6))
+  params, out = _apply_module(lambda: layers.WSConv2D(5, 3, stride=2, name="c"), x)
+  p = params["c"]
+  w = np.asarray(p["w"], np.float64)
+  gain = np.random.default_rng(0).uniform(0.5, 2, 5)
+  bias = np.random.default_rng(1).normal(size=5)
+  params = {"c": {"w": p["w"], "gain": jnp.asarray(gain, jnp.float32),
+                  "bias": jnp.asarray(bias, jnp.float32)}}
+  out = hk.transform(lambda x: layers.WSConv2D(5, 3, stride=2, name="c")(x)).apply(params, None, x)
+  n = 3 * 3 * 6
+  w_hat = gain * (w - w.mean(axis=(0, 1, 2))) / np.sqrt(n * w.var(axis=(0, 1, 2)))
+  # Each standardised filter has unit norm times its gain.
+  assert np.allclose(np.sqrt((w_hat**2).sum(axis=(0, 1, 2))), gain)
+  ref = jax.lax.conv_general_dilated(
+      x, jnp.asarray(w_hat, jnp.float32), (2, 2), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_ws_conv_floors_variance_at_eps():
+  # A constant filter has zero variance: standardisation must give zeros, not NaN.
+  x = jnp.ones((1, 4, 4, 2))
+  params = {"c": {"w": jnp.full((1, 1, 2, 3), 0.7), "gain": jnp.ones(3),
+                  "bias": jnp.arange(3.0)}}
+  out = hk.transform(lambda x: layers.WSConv2D(3, 1, name="c")(x)).apply(params, None, x)
+  np.testing.assert_array_equal(out, jnp.broadcast_to(jnp.arange(3.0), (1, 4, 4, 3)))
+
+
+def test_ws_conv_init_is_fan_in_normal():
+  params, _ = _apply_module(lambda: layers.WSConv2D(256, 3, name="c"),
+                            jnp.zeros((1, 4, 4, 64)))
+  w = np.asarray(params["c"]["w"])
+  assert w.std() == pytest.approx(1 / np.sqrt(3 * 3 * 64), rel=0.02)
+  np.testing.assert_array_equal(params["c"]["gain"], np.ones(256))
+  np.testing.assert_array_equal(params["c"]["bias"], np.zeros(256))
+
+
+def _numpy_grouped_conv(x, w, groups):
+  """Brute-force stride-1 SAME grouped convolution, independent of XLA."""
+  n, h, wd, c = x.shape
+  k, _, ig, o = w.shape
+  pad = k // 2
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  og = o // groups
+  out = np.zeros((n, h, wd, o))
+  for g in range(groups):
+    xg = xp[..., g * ig:(g + 1) * ig]
+    wg = w[..., g * og:(g + 1) * og]
+    for i in range(k):
+      for j in range(k):
+        out[..., g * og:(g + 1) * og] += np.einsum(
+            "nhwc,co->nhwo", xg[:, i:i + h, j:j + wd], wg[i, j])
+  return out
+
+
+@pytest.mark.parametrize("groups,stride,size", [(1, 1, 7), (2, 1, 8), (4, 2, 9), (3, 2, 10)])
+def test_grouped_conv_formulations_agree(groups, stride, size):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(groups), 3)
+  x = jax.random.normal(kx, (2, size, size, 12))
+  w = jax.random.normal(kw, (3, 3, 12 // groups, 6 * groups))
+  conv = {impl: (lambda impl: lambda x, w: layers.conv2d(x, w, stride, groups, impl))(impl)
+          for impl in ("xla", "split")}
+  outs = {impl: f(x, w) for impl, f in conv.items()}
+  np.testing.assert_allclose(outs["split"], outs["xla"], rtol=1e-5, atol=1e-5)
+  if stride == 1:
+    np.testing.assert_allclose(outs["xla"], _numpy_grouped_conv(np.asarray(x), np.asarray(w), groups),
+                               rtol=1e-4, atol=1e-4)
+  cot = jax.random.normal(kg, outs["xla"].shape)
+  grads = {impl: jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1))(x, w)
+           for impl, f in conv.items()}
+  for a, b in zip(grads["split"], grads["xla"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_grouped_conv_rejects_unknown_impl():
+  with pytest.raises(ValueError, match="Unknown grouped conv impl 'fast'"):
+    layers.conv2d(jnp.zeros((1, 4, 4, 4)), jnp.zeros((3, 3, 2, 4)), 1, 2, "fast")
+
+
+def test_squeeze_excite_matches_formula():
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 5, 8))
+  params, gates = _apply_module(lambda: layers.SqueezeExcite(8, 8, 0.5), x)
+  p0, p1 = params["squeeze_excite/~/linear"], params["squeeze_excite/~/linear_1"]
+  assert p0["w"].shape == (8, 4)
+  h = np.maximum(np.asarray(x).mean(axis=(1, 2)) @ p0["w"] + p0["b"], 0)
+  expected = 1 / (1 + np.exp(-(h @ p1["w"] + p1["b"])))
+  np.testing.assert_allclose(gates[:, 0, 0], expected, rtol=1e-5)
+  assert gates.shape == (2, 1, 1, 8)
+
+
+def test_stochastic_depth_drops_whole_examples():
+  x = jnp.ones((4000, 2, 2, 3))
+  f = hk.transform(lambda x, t: layers.stochastic_depth(x, 0.3, t))
+  out = np.asarray(f.apply({}, jax.random.PRNGKey(0), x, True))
+  per_example = out.reshape(4000, -1)
+  # Every example is either untouched (no 1/keep rescaling) or entirely zero.
+  assert set(np.unique(per_example)) <= {0.0, 1.0}
+  assert np.all(per_example.min(1) == per_example.max(1))
+  assert per_example[:, 0].mean() == pytest.approx(0.7, abs=0.03)
+  np.testing.assert_array_equal(f.apply({}, None, x, False), x)
+
+
+def test_block_specs_follow_the_variance_bookkeeping():
+  alpha = 0.2
+  specs = layers.block_specs((2, 3), (8, 16), in_ch=4, alpha=alpha, stochdepth_rate=0.5)
+  # Input stds: 1 (first block); then sqrt(1 + a^2); the transition of stage 2
+  # sees sqrt(1 + 2 a^2) and resets to sqrt(1 + a^2), then sqrt(1 + 2 a^2).
+  stds = [1, np.sqrt(1 + alpha**2), np.sqrt(1 + 2 * alpha**2),
+          np.sqrt(1 + alpha**2), np.sqrt(1 + 2 * alpha**2)]
+  np.testing.assert_allclose([s.beta for s in specs], [1 / s for s in stds])
+  assert [s.stride for s in specs] == [1, 1, 2, 1, 1]
+  assert [(s.in_ch, s.out_ch) for s in specs] == [(4, 8), (8, 8), (8, 16), (16, 16), (16, 16)]
+  np.testing.assert_allclose([s.stochdepth_rate for s in specs], [0, 0.1, 0.2, 0.3, 0.4])
