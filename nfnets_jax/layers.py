@@ -294,18 +294,21 @@ def block_specs(stage_depths: Sequence[int], stage_widths: Sequence[int],
 
 
 def apply_blocks(x: Array, blocks: Sequence[Callable], is_training: bool,
-                 outputs: dict[str, Array] | None) -> Array:
-  """Runs residual blocks in sequence, recording signal metrics in `outputs`.
+                 return_metrics: bool) -> tuple[Array, dict[str, Array]]:
+  """Runs residual blocks on the stem output `x`, optionally measuring signals.
 
-  Each block returns (output, residual-branch variance). Pass outputs=None to
-  skip the metrics.
+  Each block returns (output, residual-branch variance). Returns the body's
+  output and a dict that, with `return_metrics`, holds the signal metrics of
+  the stem output (index 0) and of every block (index i + 1), and each
+  block's `res_avg_var_i`; otherwise it is empty.
   """
+  outputs = signal_metrics(x, 0) if return_metrics else {}
   for i, block in enumerate(blocks):
     x, res_var = block(x, is_training)
-    if outputs is not None:
+    if return_metrics:
       outputs.update(signal_metrics(x, i + 1))
       outputs[f"res_avg_var_{i}"] = res_var
-  return x
+  return x, outputs
 
 
 def classify(pool: Array, fc: Callable[[Array], Array], drop_rate: float,

@@ -140,14 +140,10 @@ class NFNet(hk.Module):
     self.fc = hk.Linear(num_classes, w_init=fc_init or hk.initializers.RandomNormal(0.01))
 
   def __call__(self, x, is_training: bool = True, return_metrics: bool = False):
-    outputs = {}
     out = self.stem[0](x)
     for conv in self.stem[1:]:
       out = conv(self.activation(out))
-    if return_metrics:
-      outputs.update(layers.signal_metrics(out, 0))
-    out = layers.apply_blocks(out, self.blocks, is_training,
-                              outputs if return_metrics else None)
+    out, outputs = layers.apply_blocks(out, self.blocks, is_training, return_metrics)
     out = self.activation(self.final_conv(out))
     return layers.classify(jnp.mean(out, axis=(1, 2)), self.fc, self.drop_rate,
                            is_training, outputs)

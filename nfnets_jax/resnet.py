@@ -83,12 +83,8 @@ class ResNet(hk.Module):
     self.fc = hk.Linear(num_classes, w_init=fc_init or hk.initializers.RandomNormal(0.01))
 
   def __call__(self, x, is_training: bool = True, return_metrics: bool = False):
-    outputs = {}
     out = hk.max_pool(self.initial_conv(x), (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
-    if return_metrics:
-      outputs.update(layers.signal_metrics(out, 0))
-    out = layers.apply_blocks(out, self.blocks, is_training,
-                              outputs if return_metrics else None)
+    out, outputs = layers.apply_blocks(out, self.blocks, is_training, return_metrics)
     out = jax.nn.relu(self.final_bn(out, is_training))
     return layers.classify(jnp.mean(out, axis=(1, 2)), self.fc, self.drop_rate,
                            is_training, outputs)
