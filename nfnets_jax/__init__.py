@@ -1,4 +1,6 @@
 """nfnets_jax: Normalizer-Free networks and Adaptive Gradient Clipping in JAX + Haiku."""
+from nfnets_jax import optim
+from nfnets_jax.agc import AdaptiveGradClipState, adaptive_grad_clip, clipped_fraction, unitwise_norm
 from nfnets_jax.counting import count_macs, count_params, model_macs, model_param_count
 from nfnets_jax.models import create_model, transform
 from nfnets_jax.nfnet import NFNet, NFNET_VARIANTS
