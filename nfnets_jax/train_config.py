@@ -1,0 +1,83 @@
+"""The sections of a training run's config, assembled for `experiments/*.py`.
+
+A run's config (`ml_collections.ConfigDict`) has these sections:
+  model        name ('NFNet' | 'NFResNet' | 'ResNet') and constructor kwargs
+  data         nfnets_jax.data.default_config()
+  optimizer    nfnets_jax.optim.default_config()
+  train        `train_defaults()` below
+  eval         `eval_defaults()` below
+  checkpoint   nfnets_jax.checkpointing.default_config()
+  log          nfnets_jax.metrics_logging.default_config()
+  distributed  nfnets_jax.distributed.default_config()
+  seed         int: parameter initialisation, data order, dropout and
+               stochastic depth all derive from it.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import ml_collections
+
+from nfnets_jax import checkpointing
+from nfnets_jax import data
+from nfnets_jax import distributed
+from nfnets_jax import metrics_logging
+from nfnets_jax import optim
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+  """Fields of `config.train`."""
+  config = ml_collections.ConfigDict()
+  # Global batch: over all processes and devices; a multiple of the number
+  # of devices.
+  config.batch_size = 256
+  config.num_epochs = 90.0
+  # Training length in optimizer steps; 0 derives it from num_epochs.
+  config.total_steps = 0
+  config.label_smoothing = 0.1
+  # 'bfloat16': bf16 activations and weights in the forward and backward
+  # passes, fp32 loss and fp32 master weights; 'float32': fp32 throughout.
+  config.compute_dtype = "float32"
+  return config
+
+
+def eval_defaults() -> ml_collections.ConfigDict:
+  """Fields of `config.eval`."""
+  config = ml_collections.ConfigDict()
+  # Evaluate every this many steps during training (0: only at the end);
+  # both the raw and the EMA weights, over the whole of data.eval_split.
+  config.every_steps = 0
+  # Global evaluation batch; a multiple of the number of devices.
+  config.batch_size = 256
+  return config
+
+
+def base_config(model_name: str,
+                model_kwargs: Optional[dict[str, Any]] = None,
+                data_config: Optional[ml_collections.ConfigDict] = None
+                ) -> ml_collections.ConfigDict:
+  """A complete config with every section at its default.
+
+  Args:
+    model_name: 'NFNet', 'NFResNet' or 'ResNet'.
+    model_kwargs: the model constructor's keyword arguments.
+    data_config: the data section; `nfnets_jax.data.default_config()` if None.
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = ml_collections.ConfigDict(
+      {"name": model_name, "kwargs": dict(model_kwargs or {})})
+  config.data = data_config or data.default_config()
+  # Fields whose default is None need a declared type to be overridable
+  # from the command line (--config.data.data_dir=...).
+  for section, field in ((config.data, "data_dir"),
+                         (config.data.image_folder, "path")):
+    if section[field] is None:
+      section[field] = ml_collections.config_dict.placeholder(str)
+  config.optimizer = optim.default_config()
+  config.train = train_defaults()
+  config.eval = eval_defaults()
+  config.checkpoint = checkpointing.default_config()
+  config.log = metrics_logging.default_config()
+  config.distributed = distributed.default_config()
+  return config
