@@ -32,7 +32,7 @@ case "${1:-}" in
     exec "$PY" -m pytest tests "$@" ;;
   "")
     setup
-    exec "$PY" -m nfnets_jax.demo ;;
+    exec "$PY" -m nfnets_jax.train --config=experiments/digits.py --workdir=workdirs/digits ;;
   *)
     echo "usage: ./run.sh [setup|test [pytest args...]]" >&2
     exit 2 ;;
