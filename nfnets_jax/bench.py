@@ -1,0 +1,416 @@
+r"""Training-step benchmark: speed, FLOP utilisation, memory, AGC overhead.
+
+    python -m nfnets_jax.bench --model=NFNet --variant=F0 --resolution=128 --batch=8
+    python -m nfnets_jax.bench --model=NFResNet --variant=ResNet50 --resolution=128 --batch=8
+    python -m nfnets_jax.bench --compare_grouped_conv     # feature_group_count vs split
+    python -m nfnets_jax.bench --config=experiments/digits.py --input   # pipeline headroom
+    ... --json                                            # one JSON object on stdout
+
+The timed step is the training system's own (`train_step.make_train_step` on
+the optimizer of `optim.build_optimizer`): forward, backward, cross-device
+mean, AGC, weight decay, SGD and the weight EMA, on random images already on
+the devices. Steps of the measured variants (e.g. with and without AGC) are
+interleaved, so load that changes during the run affects them alike. The same
+command runs on CPU, GPU and TPU; `--batch` is per device.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from nfnets_jax import counting
+from nfnets_jax import data
+from nfnets_jax import layers
+from nfnets_jax import models
+from nfnets_jax import optim
+from nfnets_jax import train_config
+from nfnets_jax import train_step as ts
+
+DEFAULT_VARIANTS = {"NFNet": "F0", "NFResNet": "ResNet50", "ResNet": "ResNet50"}
+# Forward plus backward costs about three forward passes (the backward pass
+# computes gradients with respect to both activations and weights).
+FORWARD_BACKWARD_FACTOR = 3
+# AGC lambda of the counterpart step when the benchmarked config has no AGC.
+DEFAULT_CLIPPING = optim.default_config().clipping
+# A long schedule: the few timed steps fall early in the config's warm-up, where
+# learning rates are tiny, so no variant diverges while it is timed.
+_SCHEDULE_STEPS, _SCHEDULE_STEPS_PER_EPOCH = 100_000, 1_000
+
+
+def load_experiment_config(spec: str) -> ml_collections.ConfigDict:
+  """`get_config()` of an experiment file, `path[:argument]` as for training."""
+  path, _, argument = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No experiment config at {path!r}; pass the path of a "
+                            "file with get_config(), e.g. experiments/digits.py.")
+  module_spec = importlib.util.spec_from_file_location("_bench_experiment", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()
+
+
+@dataclasses.dataclass
+class Variant:
+  """One compiled training step and the state it advances."""
+  config: ml_collections.ConfigDict
+  step: Callable
+  state: Any
+  batch: Any
+  compile_s: float
+  xla_memory_bytes: Optional[int]
+  times: list[float] = dataclasses.field(default_factory=list)
+
+  def run(self) -> None:
+    """One timed step, waited for."""
+    start = time.perf_counter()
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    self.times.append(time.perf_counter() - start)
+
+
+def _random_batch(num_classes: int, per_device_batch: int, resolution: int) -> Any:
+  devices = jax.local_device_count()
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, num_classes, (devices, per_device_batch))
+  batch = {
+      "images": rng.standard_normal(
+          (devices, per_device_batch, resolution, resolution, 3), np.float32),
+      "labels": np.eye(num_classes, dtype=np.float32)[labels],
+  }
+  return jax.pmap(lambda x: x)(batch)  # Placed once, so no step pays a transfer.
+
+
+def _xla_memory(compiled: Any) -> Optional[int]:
+  """Bytes XLA plans for one device: arguments + outputs + temporaries − donated."""
+  stats = compiled.memory_analysis()
+  if stats is None:  # Not every backend reports it.
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def build_variant(config: ml_collections.ConfigDict, num_classes: int,
+                  per_device_batch: int) -> Variant:
+  """Builds and compiles the training step `config` describes."""
+  resolution = config.data.train_px
+  forward = models.transform(config.model.name, num_classes, **config.model.kwargs)
+  optimizer, schedule = optim.build_optimizer(
+      config.optimizer, batch_size=per_device_batch * jax.device_count(),
+      total_steps=_SCHEDULE_STEPS, steps_per_epoch=_SCHEDULE_STEPS_PER_EPOCH)
+  state = ts.replicate(ts.init_train_state(
+      forward, optimizer, seed=config.seed, image_shape=(resolution, resolution, 3)))
+  batch = _random_batch(num_classes, per_device_batch, resolution)
+  step = ts.make_train_step(forward, optimizer, schedule, config)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  return Variant(config, compiled, state, batch, compile_s, _xla_memory(compiled))
+
+
+def time_interleaved(variants: Sequence[Variant], num_steps: int,
+                     warmup_steps: int = 1) -> None:
+  """Runs `num_steps` timed steps of every variant, alternating between them."""
+  for _ in range(warmup_steps):
+    for variant in variants:
+      variant.run()
+  for variant in variants:
+    variant.times.clear()
+  for _ in range(num_steps):
+    for variant in variants:
+      variant.run()
+
+
+def matmul_peak_flops(dtype: Any, size: int = 2048, reps: int = 5) -> float:
+  """FLOP/s of the best of `reps` square matmuls, on all local devices at once."""
+  devices = jax.local_device_count()
+  keys = jax.random.split(jax.random.PRNGKey(0), devices)
+  a = jax.pmap(lambda k: jax.random.normal(k, (size, size), dtype))(keys)
+  matmul = jax.pmap(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 * devices / best
+
+
+def peak_memory() -> tuple[int, str]:
+  """(bytes, what they measure): device peak where the backend reports it."""
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  if all(s and "peak_bytes_in_use" in s for s in stats):
+    return (sum(s["peak_bytes_in_use"] for s in stats),
+            "peak_bytes_in_use, summed over devices")
+  # Linux reports ru_maxrss in KiB.
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+          "process peak RSS (getrusage ru_maxrss): host memory of everything "
+          "this run did, runtime libraries included")
+
+
+def step_stats(times: Sequence[float], global_batch: int) -> dict[str, float]:
+  """Median and spread of step times, and the images/s of the median."""
+  t = np.asarray(times)
+  q25, median, q75 = np.percentile(t, [25, 50, 75])
+  return {
+      "step_time_median_s": float(median),
+      "step_time_iqr_s": float(q75 - q25),
+      "step_time_min_s": float(t.min()),
+      "step_time_max_s": float(t.max()),
+      "images_per_s": global_batch / float(median),
+  }
+
+
+def input_throughput(config: ml_collections.ConfigDict, global_batch: int,
+                     step_time_s: float, num_batches: int) -> dict[str, Any]:
+  """The input pipeline of `config.data` against the measured step time."""
+  try:
+    from experiments import bench_input  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("--input uses experiments/bench_input.py: run the benchmark "
+                      "from the repository root.") from e
+  result = bench_input.pipeline_throughput(config.data, global_batch, num_batches)
+  return {
+      "dataset": config.data.name,
+      "batches_per_s": result.batches_per_s,
+      "images_per_s": result.images_per_s,
+      "headroom": bench_input.headroom(result.batches_per_s, step_time_s),
+      "required_headroom": bench_input.REQUIRED_HEADROOM,
+  }
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict, int, int]:
+  """(run config, number of classes, per-device batch) from the flags."""
+  devices = jax.device_count()
+  if args.config:
+    config = load_experiment_config(args.config)
+    if args.model and args.model != config.model.name:
+      raise ValueError(f"--model={args.model} contradicts the config's model "
+                       f"{config.model.name}; drop one of them.")
+    num_classes = data.dataset_info(config.data).num_classes
+  else:
+    model = args.model or "NFNet"
+    config = train_config.base_config(model, {"variant": DEFAULT_VARIANTS[model]})
+    config.data.train_px = 128
+    config.train.batch_size = 8 * devices
+    num_classes = args.num_classes
+  kwargs = config.model.kwargs.to_dict()
+  if args.variant:
+    kwargs["variant"] = args.variant
+  try:
+    extra = json.loads(args.model_kwargs)
+  except json.JSONDecodeError:
+    extra = None
+  if not isinstance(extra, dict):
+    raise ValueError(f"--model_kwargs must be a JSON object such as "
+                     f"'{{\"width\": 0.5}}', got {args.model_kwargs!r}.")
+  kwargs.update(extra)
+  if args.grouped_conv != "auto" or args.compare_grouped_conv:
+    if config.model.name != "NFNet":
+      raise ValueError("--grouped_conv and --compare_grouped_conv apply to NFNet "
+                       f"(grouped 3x3 convs), not {config.model.name}.")
+    kwargs["grouped_conv"] = args.grouped_conv
+  config.model.kwargs = kwargs
+  if args.resolution:
+    config.data.train_px = args.resolution
+  if args.dtype:
+    config.train.compute_dtype = args.dtype
+  per_device_batch = args.batch or config.train.batch_size // devices
+  if per_device_batch <= 0:
+    raise ValueError(f"The per-device batch must be positive, got {per_device_batch}; "
+                     "set --batch.")
+  config.train.batch_size = per_device_batch * devices
+  return config, num_classes, per_device_batch
+
+
+def build_variants(args: argparse.Namespace, config: ml_collections.ConfigDict,
+                   num_classes: int, per_device_batch: int,
+                   log: Callable[[str], None]) -> dict[str, Variant]:
+  """'main' (the config's step) and the counterparts the flags ask for."""
+  def build(variant_config: ml_collections.ConfigDict, what: str) -> Variant:
+    log(f"compiling {what} ...")
+    return build_variant(variant_config, num_classes, per_device_batch)
+
+  if args.compare_grouped_conv and config.model.kwargs.grouped_conv == "auto":
+    # Time what training would run on this backend against the alternative.
+    config.model.kwargs.grouped_conv = layers._default_grouped_impl()  # pylint: disable=protected-access
+  variants = {"main": build(
+      config, f"{config.model.name} {config.model.kwargs.to_dict()} at "
+      f"{config.data.train_px} px, batch {per_device_batch} x {jax.device_count()} devices")}
+  if args.agc_overhead:
+    toggled = copy.deepcopy(config)
+    toggled.optimizer.clipping = 0.0 if config.optimizer.clipping else DEFAULT_CLIPPING
+    variants["agc_toggled"] = build(
+        toggled,
+        f"the same step {'without' if config.optimizer.clipping else 'with'} AGC")
+  if args.compare_grouped_conv:
+    other = copy.deepcopy(config)
+    other.model.kwargs.grouped_conv = ("xla" if config.model.kwargs.grouped_conv == "split"
+                                       else "split")
+    variants["grouped_other"] = build(
+        other, f"the same step with grouped_conv="
+        f"{other.model.kwargs.grouped_conv!r}")
+  return variants
+
+
+def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Measures everything the flags ask for; returns the figures as a dict."""
+  load_start = os.getloadavg()
+  config, num_classes, per_device_batch = resolve_config(args)
+  variants = build_variants(args, config, num_classes, per_device_batch, log)
+  log(f"timing {args.steps} steps of each of {len(variants)} variant(s) ...")
+  time_interleaved(list(variants.values()), args.steps, args.warmup_steps)
+
+  main = variants["main"]
+  global_batch = config.train.batch_size
+  kwargs = config.model.kwargs.to_dict()
+  result: dict[str, Any] = {
+      "model": config.model.name, "model_kwargs": kwargs,
+      "resolution": config.data.train_px, "per_device_batch": per_device_batch,
+      "devices": jax.device_count(), "global_batch": global_batch,
+      "dtype": config.train.compute_dtype, "backend": jax.default_backend(),
+      "device_kind": jax.devices()[0].device_kind, "steps": args.steps,
+      "agc_clipping": config.optimizer.clipping, "compile_s": main.compile_s,
+      **step_stats(main.times, global_batch),
+  }
+  macs = counting.model_macs(config.model.name, config.data.train_px, num_classes, **kwargs)
+  flops_per_step = 2 * macs * FORWARD_BACKWARD_FACTOR * global_batch
+  peak = matmul_peak_flops(jnp.dtype(ts.compute_dtype(config.train.compute_dtype)),
+                           args.matmul_size)
+  result.update(
+      gmacs_per_image=macs / 1e9, gflop_per_step=flops_per_step / 1e9,
+      achieved_gflops=flops_per_step / result["step_time_median_s"] / 1e9,
+      matmul_peak_gflops=peak / 1e9, matmul_size=args.matmul_size,
+      xla_step_memory_bytes=main.xla_memory_bytes)
+  result["peak_fraction"] = result["achieved_gflops"] / result["matmul_peak_gflops"]
+
+  if "agc_toggled" in variants:
+    medians = (result["step_time_median_s"],
+               float(np.median(variants["agc_toggled"].times)))
+    with_agc, without = medians if config.optimizer.clipping else medians[::-1]
+    result.update(step_time_with_agc_s=with_agc, step_time_without_agc_s=without,
+                  agc_overhead=with_agc / without - 1.0)
+  if "grouped_other" in variants:
+    timed = (main, variants["grouped_other"])
+    result["grouped_conv"] = {
+        v.config.model.kwargs.grouped_conv: {"compile_s": v.compile_s,
+                                             **step_stats(v.times, global_batch)}
+        for v in timed}
+    result["grouped_conv"]["split_speedup"] = (
+        result["grouped_conv"]["xla"]["step_time_median_s"]
+        / result["grouped_conv"]["split"]["step_time_median_s"])
+  if args.input:
+    log("measuring the input pipeline ...")
+    result["input"] = input_throughput(config, global_batch,
+                                       result["step_time_median_s"], args.input_batches)
+  result["peak_memory_bytes"], result["peak_memory_source"] = peak_memory()
+  result["load_average_start"] = list(load_start)
+  result["load_average_end"] = list(os.getloadavg())
+  result["cpu_count"] = os.cpu_count()
+  return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+  """The figures of `benchmark` as an aligned two-column table."""
+  rows = [
+      ("model", f"{r['model']} {r['model_kwargs']}"),
+      ("input", f"{r['resolution']} px, batch {r['per_device_batch']} x {r['devices']} "
+                f"{r['backend']} device(s) ({r['device_kind']}), {r['dtype']}"),
+      ("compile", f"{r['compile_s']:.1f} s"),
+      ("step time", f"median {r['step_time_median_s'] * 1e3:.1f} ms, IQR "
+                    f"{r['step_time_iqr_s'] * 1e3:.1f} ms, min {r['step_time_min_s'] * 1e3:.1f}"
+                    f" / max {r['step_time_max_s'] * 1e3:.1f} ms over {r['steps']} steps"),
+      ("throughput", f"{r['images_per_s']:.1f} images/s"),
+      ("compute", f"{r['gmacs_per_image']:.4g} GMACs/image fwd; {r['gflop_per_step']:.1f} "
+                  f"GFLOP/step (2 x MACs x {FORWARD_BACKWARD_FACTOR})"),
+      ("achieved", f"{r['achieved_gflops']:.1f} GFLOP/s = {r['peak_fraction']:.1%} of the "
+                   f"{r['matmul_peak_gflops']:.1f} GFLOP/s matmul peak "
+                   f"({r['matmul_size']}^2 {r['dtype']})"),
+      ("peak memory", f"{r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['peak_memory_source']})"),
+  ]
+  if r["xla_step_memory_bytes"] is not None:
+    rows.append(("XLA step memory", f"{r['xla_step_memory_bytes'] / 2**20:.1f} MiB per "
+                                    "device (args + outputs + temps - donated)"))
+  if "agc_overhead" in r:
+    rows.append(("AGC overhead", f"{r['agc_overhead']:+.1%} (lambda "
+                                 f"{r['agc_clipping'] or DEFAULT_CLIPPING}: "
+                                 f"{r['step_time_with_agc_s'] * 1e3:.1f} ms vs "
+                                 f"{r['step_time_without_agc_s'] * 1e3:.1f} ms without)"))
+  if "grouped_conv" in r:
+    g = r["grouped_conv"]
+    for impl in ("xla", "split"):
+      rows.append((f"grouped conv {impl}", f"{g[impl]['images_per_s']:.1f} images/s, "
+                                           f"compile {g[impl]['compile_s']:.1f} s"))
+    rows.append(("split speed-up", f"{g['split_speedup']:.2f}x over feature_group_count"))
+  if "input" in r:
+    i = r["input"]
+    rows.append(("input pipeline", f"{i['dataset']}: {i['batches_per_s']:.1f} batches/s = "
+                                   f"{i['images_per_s']:.0f} images/s; headroom "
+                                   f"{i['headroom']:.1f}x (need {i['required_headroom']:g}x)"))
+  rows.append(("load average", f"{r['load_average_start'][0]:.2f} at start, "
+                               f"{r['load_average_end'][0]:.2f} at end "
+                               f"({r['cpu_count']} CPUs)"))
+  width = max(len(name) for name, _ in rows)
+  return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m nfnets_jax.bench",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--config", help="Experiment config file (path[:arg]); the model, "
+                      "batch, resolution, optimizer and data come from it unless "
+                      "flags override them.")
+  parser.add_argument("--model", choices=sorted(DEFAULT_VARIANTS),
+                      help="Model (default NFNet).")
+  parser.add_argument("--variant", help="NFNet 'F0'...'F7+' or ResNet 'ResNet50'...")
+  parser.add_argument("--model_kwargs", default="{}",
+                      help="JSON dict of further constructor kwargs.")
+  parser.add_argument("--num_classes", type=int, default=1000,
+                      help="Classifier outputs (without --config).")
+  parser.add_argument("--resolution", type=int, help="Image side in px (default 128).")
+  parser.add_argument("--batch", type=int, help="Per-device batch (default 8).")
+  parser.add_argument("--dtype", choices=sorted(ts.COMPUTE_DTYPES),
+                      help="Compute dtype (default float32).")
+  parser.add_argument("--steps", type=int, default=10, help="Timed steps per variant.")
+  parser.add_argument("--warmup_steps", type=int, default=1)
+  parser.add_argument("--grouped_conv", choices=layers.GROUPED_CONV_IMPLS, default="auto",
+                      help="NFNet grouped-conv formulation.")
+  parser.add_argument("--compare_grouped_conv", action="store_true",
+                      help="Also time the other grouped-conv formulation (NFNet).")
+  parser.add_argument("--agc_overhead", action=argparse.BooleanOptionalAction,
+                      default=True, help="Also time the step with AGC toggled.")
+  parser.add_argument("--input", action="store_true",
+                      help="Measure the input pipeline of the config's data.")
+  parser.add_argument("--input_batches", type=int, default=20)
+  parser.add_argument("--matmul_size", type=int, default=2048)
+  parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+  args = parser.parse_args(argv)
+  if args.steps < 1 or args.warmup_steps < 0:
+    parser.error("--steps must be >= 1 and --warmup_steps >= 0.")
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = parse_args(argv)
+  try:
+    # Progress goes to stderr so that --json leaves stdout parseable.
+    result = benchmark(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps(result) if args.json else format_table(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,88 @@
+"""Smoke test of the benchmark harness (`python -m nfnets_jax.bench --json`)."""
+import contextlib
+import io
+import json
+import math
+
+import jax
+import pytest
+
+from nfnets_jax import bench
+
+# One bottleneck block: compiling dominates the cost of this test.
+TINY = ["--model=NFResNet", '--model_kwargs={"width": 0.25, "stage_depths": [1]}',
+        "--resolution=16", "--batch=1", "--num_classes=10", "--steps=2",
+        "--matmul_size=128"]
+
+
+def _hand_count_macs() -> int:
+  """Forward MACs of TINY, layer by layer (output positions x fan-in x outputs)."""
+  stem = 8 * 8 * (7 * 7 * 3) * 4  # 7x7 stride 2 to 8x8, 4 channels; max pool to 4x4
+  shortcut = 4 * 4 * 4 * 16  # 1x1 projection 4 -> 16 (stage width 64 * 0.25)
+  conv0 = 4 * 4 * 4 * 4  # 1x1 to the bottleneck width 16 * 0.25
+  conv1 = 4 * 4 * (3 * 3 * 4) * 4
+  conv2 = 4 * 4 * 4 * 16
+  classifier = 16 * 10
+  return stem + shortcut + conv0 + conv1 + conv2 + classifier
+
+
+@pytest.fixture(scope="module")
+def result():
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    bench.main([*TINY, "--json", "--input", "--input_batches=2"])
+  lines = stdout.getvalue().strip().splitlines()
+  assert len(lines) == 1, "--json must print exactly one line on stdout"
+  return json.loads(lines[0])
+
+
+def test_json_has_every_figure_positive_and_finite(result):
+  figures = ["compile_s", "step_time_median_s", "step_time_min_s", "step_time_max_s",
+             "images_per_s", "gflop_per_step", "achieved_gflops", "matmul_peak_gflops",
+             "peak_fraction", "peak_memory_bytes", "xla_step_memory_bytes",
+             "step_time_with_agc_s", "step_time_without_agc_s"]
+  for key in figures:
+    assert math.isfinite(result[key]) and result[key] > 0, key
+  assert result["step_time_iqr_s"] >= 0
+  assert result["agc_overhead"] > -1 and math.isfinite(result["agc_overhead"])
+  for key in ("batches_per_s", "images_per_s", "headroom"):
+    assert math.isfinite(result["input"][key]) and result["input"][key] > 0, key
+  assert len(result["load_average_start"]) == 3
+  assert result["peak_memory_source"]
+
+
+def test_figures_follow_their_definitions(result):
+  devices = jax.device_count()
+  assert result["devices"] == devices and result["global_batch"] == devices
+  assert result["gmacs_per_image"] * 1e9 == pytest.approx(_hand_count_macs())
+  # 2 FLOPs per MAC, x3 for forward plus backward, for every image of the step.
+  assert result["gflop_per_step"] * 1e9 == pytest.approx(6 * _hand_count_macs() * devices)
+  assert result["images_per_s"] == pytest.approx(devices / result["step_time_median_s"])
+  assert result["achieved_gflops"] == pytest.approx(
+      result["gflop_per_step"] / result["step_time_median_s"])
+  assert result["peak_fraction"] == pytest.approx(
+      result["achieved_gflops"] / result["matmul_peak_gflops"])
+  # The default optimizer has AGC, so the counterpart step runs without it.
+  assert result["agc_clipping"] == 0.01
+  assert result["step_time_with_agc_s"] == result["step_time_median_s"]
+  assert result["agc_overhead"] == pytest.approx(
+      result["step_time_with_agc_s"] / result["step_time_without_agc_s"] - 1)
+  assert result["input"]["headroom"] == pytest.approx(
+      result["input"]["batches_per_s"] * result["step_time_median_s"])
+
+
+def test_table_names_each_figure(result):
+  table = bench.format_table(result)
+  for label in ("compile", "step time", "images/s", "GFLOP/s", "matmul peak",
+                "peak memory", "AGC overhead", "input pipeline", "load average"):
+    assert label in table, label
+
+
+def test_bad_flags_name_the_fix():
+  with pytest.raises(ValueError, match="apply to NFNet"):
+    bench.resolve_config(bench.parse_args([*TINY, "--compare_grouped_conv"]))
+  with pytest.raises(ValueError, match="must be a JSON object"):
+    bench.resolve_config(bench.parse_args([*TINY, "--model_kwargs=width=0.5"]))
+  with pytest.raises(ValueError, match="contradicts the config"):
+    bench.resolve_config(bench.parse_args(
+        ["--config=experiments/digits.py", "--model=ResNet"]))
