@@ -292,11 +292,6 @@ Wall time {wall_time / 60:.1f} min on {os.cpu_count()} CPU cores; load average
   path.write_text(text)
 
 
-_OUT_DIR = flags.DEFINE_string("out_dir", "experiments/results", "Output directory.")
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config(),
-                                          "Ablation settings (see get_config).")
-
-
 def ablate(config: ml_collections.ConfigDict, out_dir: pathlib.Path,
            command: str) -> list[dict[str, Any]]:
   """Runs the ablation and writes the CSV, the plot and the report."""
@@ -313,11 +308,16 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TFDS and tf.data are chatty.
-  out_dir = pathlib.Path(_OUT_DIR.value)
+  out_dir = pathlib.Path(flags.FLAGS.out_dir)
   command = " ".join(["python -m experiments.agc_ablation", *sys.argv[1:]])
-  ablate(_CONFIG.value, out_dir, command)
+  ablate(flags.FLAGS.config, out_dir, command)
   print(f"Wrote agc_ablation.csv, .md and .png to {out_dir}")
 
 
 if __name__ == "__main__":
+  # Defined only when run as a script: tests import this module next to
+  # nfnets_jax.train, which defines its own --config.
+  flags.DEFINE_string("out_dir", "experiments/results", "Output directory.")
+  config_flags.DEFINE_config_dict("config", get_config(),
+                                  "Ablation settings (see get_config).")
   app.run(main)
