@@ -245,7 +245,7 @@ def build_variants(args: argparse.Namespace, config: ml_collections.ConfigDict,
 
   if args.compare_grouped_conv and config.model.kwargs.grouped_conv == "auto":
     # Time what training would run on this backend against the alternative.
-    config.model.kwargs.grouped_conv = layers._default_grouped_impl()  # pylint: disable=protected-access
+    config.model.kwargs.grouped_conv = layers.default_grouped_conv_impl()
   variants = {"main": build(
       config, f"{config.model.name} {config.model.kwargs.to_dict()} at "
       f"{config.data.train_px} px, batch {per_device_batch} x {jax.device_count()} devices")}

@@ -103,7 +103,8 @@ def scaled_activation(name: str, gamma: str = "released") -> Callable[[Array], A
   return lambda x: fn(x) * value
 
 
-def _default_grouped_impl() -> str:
+def default_grouped_conv_impl() -> str:
+  """What grouped_conv='auto' runs on the default backend: 'split' or 'xla'."""
   # XLA's CPU backend runs feature_group_count convolutions far slower than
   # one dense convolution per group; GPU and TPU have fast grouped kernels.
   return "split" if jax.default_backend() == "cpu" else "xla"
@@ -134,7 +135,7 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
       jax.lax.conv_general_dilated, window_strides=(stride, stride),
       padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if impl == "auto":
-    impl = _default_grouped_impl()
+    impl = default_grouped_conv_impl()
   if groups == 1 or impl == "xla":
     return conv(x, w, feature_group_count=groups)
   # Group g reads input channels [g*I, (g+1)*I) and writes the g-th block of
