@@ -190,5 +190,10 @@ def test_fake_dataset_repeats_one_batch_and_counts_its_test_split():
                                             num_local_devices=2), 2)
   assert first["images"].shape == (2, 2, 8, 8, 3) and first["labels"].shape == (2, 2, 7)
   np.testing.assert_array_equal(first["images"], second["images"])
+  # A resumed run sees the same single batch, not the one at its start step.
+  (resumed,) = _take(data.train_iterator(config, global_batch_size=4, seed=0,
+                                         start_step=5, num_local_devices=2), 1)
+  np.testing.assert_array_equal(resumed["images"], first["images"])
+  np.testing.assert_array_equal(resumed["labels"], first["labels"])
   batches = list(data.eval_iterator(config, global_batch_size=4, num_local_devices=2))
   assert len(batches) == 3 and sum(b["mask"].sum() for b in batches) == 10

@@ -160,8 +160,10 @@ def train_iterator(config: ml_collections.ConfigDict, *, global_batch_size: int,
 
   records = source.read(split, layout.process_index, layout.process_count)
   if config.name == "fake":
-    # Benchmarks: one batch, computed once below and then repeated for free.
+    # Benchmarks: one batch, computed once below and then repeated for free;
+    # always batch 0, so a resumed run sees the same batch.
     records = records.take(local_batch)
+    start_step = 0
   if config.cache:
     records = records.cache()
 
