@@ -9,6 +9,8 @@ variant's resolutions, dropout and RandAugment levels come from the variant
 table in `nfnets_jax.nfnet`); tests/test_configs.py checks them against the
 paper.
 """
+from ml_collections.config_dict import placeholder
+
 from nfnets_jax import data
 from nfnets_jax import nfnet
 from nfnets_jax import train_config
@@ -21,7 +23,9 @@ def get_config(variant: str = "F0"):
       "NFNet",
       dict(variant=variant, width=1.0, alpha=0.2, se_ratio=0.5,
            activation="gelu", group_width=128, final_conv_mult=2,
-           stochdepth_rate=0.25, drop_rate=spec["drop_rate"]),
+           stochdepth_rate=0.25, drop_rate=spec["drop_rate"],
+           # None: the variant's. Typed, so the command line can set them.
+           stage_depths=placeholder(tuple), stage_widths=placeholder(tuple)),
       data.imagenet_config(variant))
 
   # Input pipeline: inception crop + flip, RandAugment (the variant's layers

@@ -11,6 +11,8 @@ weight decay 5e-5, label smoothing 0.1, inception crop + flip, AGC 0.01 (set
 paper found unstable at this batch size). Trains at 224 px, evaluates at 224
 after resizing to 256.
 """
+from ml_collections.config_dict import placeholder
+
 from nfnets_jax import data
 from nfnets_jax import train_config
 
@@ -19,8 +21,10 @@ def get_config(variant: str = "ResNet50"):
   variant = variant or "ResNet50"
   config = train_config.base_config(
       "NFResNet",
-      dict(variant=variant, width=4, alpha=0.2, activation="relu",
-           stochdepth_rate=0.0, drop_rate=0.25),
+      dict(variant=variant, width=4.0, alpha=0.2, activation="relu",
+           stochdepth_rate=0.0, drop_rate=0.25,
+           # None: the variant's. Typed, so the command line can set it.
+           stage_depths=placeholder(tuple)),
       data.imagenet_config("F0"))
   config.data.train_px = 224
   config.data.test_px = 224

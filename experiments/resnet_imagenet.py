@@ -10,6 +10,8 @@ BatchNorm networks train stably at large batch without it.
 import importlib.util
 import os
 
+from ml_collections.config_dict import placeholder
+
 
 def _nfresnet_config(variant):
   # Config files are loaded by path, not as a package: load the sibling file.
@@ -24,7 +26,8 @@ def _nfresnet_config(variant):
 def get_config(variant: str = "ResNet50"):
   config = _nfresnet_config(variant or "ResNet50")
   config.model.name = "ResNet"
-  config.model.kwargs = dict(variant=variant or "ResNet50", width=4,
-                             stochdepth_rate=0.0, drop_rate=0.25)
+  config.model.kwargs = dict(variant=variant or "ResNet50", width=4.0,
+                             stochdepth_rate=0.0, drop_rate=0.25,
+                             stage_depths=placeholder(tuple))
   config.optimizer.clipping = 0.0
   return config
