@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import os
 import pathlib
 import sys
@@ -126,10 +125,8 @@ def train_run(run: ml_collections.ConfigDict, forward: Any,
   """Trains one run to the end (or to divergence) and evaluates it."""
   start = time.time()
   batch_size = run.train.batch_size
-  num_train = data.dataset_info(run.data).num_train
-  # Training length as nfnets_jax.train derives it from epochs.
-  steps_per_epoch = max(1, round(num_train / batch_size))
-  total_steps = math.ceil(run.train.num_epochs * num_train / batch_size)
+  total_steps, steps_per_epoch = train_config.training_length(
+      run, data.dataset_info(run.data).num_train)
   optimizer, schedule = optim.build_optimizer(
       run.optimizer, batch_size=batch_size, total_steps=total_steps,
       steps_per_epoch=steps_per_epoch)

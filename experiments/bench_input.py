@@ -5,7 +5,7 @@
    an image folder of generated JPEGs with ImageNet-like sizes: images/s, in
    total and per CPU core.
 2. The default digits experiment's pipeline: batches/s, to compare with the
-   training step (`headroom`): the pipeline should be >= 5x faster.
+   training step (`throughput.headroom`): the pipeline should be >= 5x faster.
 
     python -m experiments.bench_input [--num_images 300] [--batch_size 64]
 """
@@ -13,23 +13,16 @@ import argparse
 import os
 import pathlib
 import tempfile
-import time
-from typing import Iterator, NamedTuple
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
 from nfnets_jax import data
+from nfnets_jax.data import throughput
 
 # Sizes (width, height) common in ImageNet's training set.
 IMAGENET_LIKE_SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (400, 300))
-REQUIRED_HEADROOM = 5.0
-
-
-class Throughput(NamedTuple):
-  batches_per_s: float
-  images_per_s: float
 
 
 def write_jpeg_folder(root: pathlib.Path, num_images: int, num_classes: int = 10,
@@ -58,37 +51,6 @@ def imagenet_recipe_config(folder: pathlib.Path) -> ml_collections.ConfigDict:
   return config
 
 
-def measure(batches: Iterator[data.pipeline.Batch], num_batches: int,
-            warmup: int) -> Throughput:
-  """Batches/s and images/s over `num_batches`, after `warmup` batches."""
-  for _ in range(warmup):
-    next(batches)
-  start = time.perf_counter()
-  images = 0
-  for _ in range(num_batches):
-    images += int(np.prod(next(batches)["images"].shape[:2]))
-  seconds = time.perf_counter() - start
-  return Throughput(num_batches / seconds, images / seconds)
-
-
-def pipeline_throughput(config: ml_collections.ConfigDict, global_batch_size: int,
-                        num_batches: int = 20, warmup: int = 3) -> Throughput:
-  """Throughput of `train_iterator` on one process with one device."""
-  batches = data.train_iterator(config, global_batch_size=global_batch_size, seed=0,
-                                process_index=0, process_count=1, num_local_devices=1)
-  return measure(batches, num_batches, warmup)
-
-
-def headroom(pipeline_batches_per_s: float, train_step_seconds: float) -> float:
-  """How many times faster the pipeline makes batches than the step eats them.
-
-  Compare a `pipeline_throughput(...)` with the seconds per training step at
-  the same global batch size; the input is not a bottleneck when this is
-  >= REQUIRED_HEADROOM.
-  """
-  return pipeline_batches_per_s * train_step_seconds
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--num_images", type=int, default=300)
@@ -104,20 +66,22 @@ def main() -> None:
     folder = pathlib.Path(tmp)
     write_jpeg_folder(folder, args.num_images)
     # Warm-up of one epoch, so the cache holds every file before timing.
-    result = pipeline_throughput(imagenet_recipe_config(folder), args.batch_size,
-                                 args.num_batches,
-                                 warmup=-(-args.num_images // args.batch_size))
+    result = throughput.pipeline_throughput(
+        imagenet_recipe_config(folder), args.batch_size, args.num_batches,
+        warmup=-(-args.num_images // args.batch_size))
   print(f"ImageNet recipe (224 px, RandAugment 2x9, MixUp+CutMix), {args.num_images} JPEGs: "
         f"{result.images_per_s:.0f} images/s on {cores} cores = "
         f"{result.images_per_s / cores:.0f} images/s per core")
 
   config = data.default_config()
   config.data_dir = args.data_dir
-  digits = pipeline_throughput(config, args.digits_batch_size, args.digits_num_batches)
+  digits = throughput.pipeline_throughput(config, args.digits_batch_size,
+                                          args.digits_num_batches)
+  required = throughput.REQUIRED_HEADROOM
   print(f"digits default ({config.train_px} px, batch {args.digits_batch_size}): "
         f"{digits.batches_per_s:.1f} batches/s = {digits.images_per_s:.0f} images/s; "
-        f"feeds a training step of >= {REQUIRED_HEADROOM / digits.batches_per_s * 1e3:.0f} ms "
-        f"with {REQUIRED_HEADROOM:g}x headroom")
+        f"feeds a training step of >= {required / digits.batches_per_s * 1e3:.0f} ms "
+        f"with {required:g}x headroom")
 
 
 if __name__ == "__main__":

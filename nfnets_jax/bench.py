@@ -38,6 +38,7 @@ from nfnets_jax import models
 from nfnets_jax import optim
 from nfnets_jax import train_config
 from nfnets_jax import train_step as ts
+from nfnets_jax.data import throughput
 
 DEFAULT_VARIANTS = {"NFNet": "F0", "NFResNet": "ResNet50", "ResNet": "ResNet50"}
 # Forward plus backward costs about three forward passes (the backward pass
@@ -176,18 +177,13 @@ def step_stats(times: Sequence[float], global_batch: int) -> dict[str, float]:
 def input_throughput(config: ml_collections.ConfigDict, global_batch: int,
                      step_time_s: float, num_batches: int) -> dict[str, Any]:
   """The input pipeline of `config.data` against the measured step time."""
-  try:
-    from experiments import bench_input  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("--input uses experiments/bench_input.py: run the benchmark "
-                      "from the repository root.") from e
-  result = bench_input.pipeline_throughput(config.data, global_batch, num_batches)
+  result = throughput.pipeline_throughput(config.data, global_batch, num_batches)
   return {
       "dataset": config.data.name,
       "batches_per_s": result.batches_per_s,
       "images_per_s": result.images_per_s,
-      "headroom": bench_input.headroom(result.batches_per_s, step_time_s),
-      "required_headroom": bench_input.REQUIRED_HEADROOM,
+      "headroom": throughput.headroom(result.batches_per_s, step_time_s),
+      "required_headroom": throughput.REQUIRED_HEADROOM,
   }
 
 

@@ -12,7 +12,6 @@ count and id where JAX cannot detect them).
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from nfnets_jax import distributed
 from nfnets_jax import metrics_logging
 from nfnets_jax import models
 from nfnets_jax import optim
+from nfnets_jax import train_config
 from nfnets_jax import train_step as ts
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -64,19 +64,6 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                       f"{config.log.every_steps}.")
 
 
-def _training_length(config: ml_collections.ConfigDict,
-                     num_train: int) -> tuple[int, int]:
-  """(total_steps, steps_per_epoch) of the run."""
-  batch_size = config.train.batch_size
-  steps_per_epoch = max(1, round(num_train / batch_size))
-  total_steps = config.train.total_steps or math.ceil(
-      config.train.num_epochs * num_train / batch_size)
-  if total_steps <= 0:
-    raise ConfigError("Training has no steps: set train.num_epochs or "
-                      "train.total_steps to a positive value.")
-  return total_steps, steps_per_epoch
-
-
 def _summarise_train_metrics(step_metrics: list[dict[str, Any]],
                              last_step: int) -> dict[str, float]:
   """Means over the steps since the last summary; stops on non-finite values.
@@ -107,8 +94,11 @@ class _Trainer:
     self.config = config
     self.workdir = workdir
     self.info = data.dataset_info(config.data)
-    self.total_steps, steps_per_epoch = _training_length(
+    self.total_steps, steps_per_epoch = train_config.training_length(
         config, self.info.num_train)
+    if self.total_steps <= 0:
+      raise ConfigError("Training has no steps: set train.num_epochs or "
+                        "train.total_steps to a positive value.")
     self.forward = models.transform(
         config.model.name, self.info.num_classes, **config.model.kwargs)
     optimizer, schedule = optim.build_optimizer(

@@ -14,6 +14,7 @@ A run's config (`ml_collections.ConfigDict`) has these sections:
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import ml_collections
@@ -81,3 +82,18 @@ def base_config(model_name: str,
   config.log = metrics_logging.default_config()
   config.distributed = distributed.default_config()
   return config
+
+
+def training_length(config: ml_collections.ConfigDict,
+                    num_train: int) -> tuple[int, int]:
+  """(total_steps, steps_per_epoch) of a run on `num_train` examples.
+
+  An epoch rounds to whole steps (at least one) for the epoch-based schedule;
+  the total, unless `train.total_steps` sets it, covers `train.num_epochs`
+  epochs of examples, rounded up.
+  """
+  batch_size = config.train.batch_size
+  steps_per_epoch = max(1, round(num_train / batch_size))
+  total_steps = config.train.total_steps or math.ceil(
+      config.train.num_epochs * num_train / batch_size)
+  return total_steps, steps_per_epoch

@@ -7,6 +7,7 @@ import pytest
 
 from nfnets_jax import models
 from nfnets_jax import optim
+from nfnets_jax import train_config
 from nfnets_jax import train_step as ts
 from nfnets_jax.data import preprocessing
 import test_train_support as support
@@ -88,6 +89,19 @@ def test_nfnet_config_has_every_number_of_the_paper(variant):
   np.testing.assert_allclose(
       [schedule(0), schedule(warmup), schedule(total)], [0.0, 1.6, 0.0],
       atol=1e-6)
+
+
+def test_training_length_of_the_digits_experiment():
+  config = support.load_config("digits.py")
+  assert (config.train.batch_size, config.train.num_epochs) == (64, 45)
+  # 1,437 / 64 = 22.45 steps per epoch -> 22; 45 x 1,437 / 64 = 1,010.4 -> 1,011.
+  assert train_config.training_length(config, 1437) == (1011, 22)
+  # Epochs round to the nearest step (1,437 / 32 = 44.9 -> 45), never below 1.
+  config.train.batch_size = 32
+  assert train_config.training_length(config, 1437) == (2021, 45)
+  assert train_config.training_length(config, 10) == (15, 1)
+  config.train.total_steps = 7  # Set explicitly, it wins over num_epochs.
+  assert train_config.training_length(config, 1437) == (7, 45)
 
 
 def test_the_plus_variants_and_unknown_variants():
