@@ -276,28 +276,53 @@ def test_same_seed_same_output_and_different_seeds_differ():
       assert not np.array_equal(outputs[i], outputs[j])
 
 
-def test_each_layer_applies_one_operation_drawn_uniformly():
-  image = _noise()
-  magnitude = 7.  # Where no two operations coincide on this image.
-  candidates = {(name, sign): ra.apply_operation(op, image, magnitude, sign)
+def test_each_image_of_a_batch_gets_one_operation_drawn_uniformly():
+  # Distinct images, so an image put back in another's slot would show.
+  images = np.stack([_noise(i) for i in range(300)])
+  magnitude = 7.  # Where no two operations coincide on these images.
+  candidates = {(name, sign): ra.apply_operation(op, images, magnitude, sign).numpy()
                 for name, op in ra.OPERATIONS.items() for sign in (1., -1.)}
+  out = ra.randaugment(images, 1, magnitude, [5, 6]).numpy()
   counts = collections.Counter()
   seen_signs = collections.defaultdict(set)
-  num_seeds = 300
-  for s in range(num_seeds):
-    out = ra.randaugment(image, 1, magnitude, [5, s])
-    matches = [key for key, c in candidates.items() if np.array_equal(out, c)]
+  for i in range(len(images)):
+    matches = [key for key, c in candidates.items() if np.array_equal(out[i], c[i])]
     names = {name for name, _ in matches}
-    assert len(names) == 1, f"seed {s}: output matches {matches}"
+    assert len(names) == 1, f"image {i}: output matches {matches}"
     counts[names.pop()] += 1
     if len(matches) == 1:  # Distinct outputs per sign: a signed operation.
       seen_signs[matches[0][0]].add(matches[0][1])
-  expected = num_seeds / len(ra.OPERATIONS)
+  expected = len(images) / len(ra.OPERATIONS)
   assert set(counts) == set(ra.OPERATIONS)
   assert max(counts.values()) < 2 * expected and min(counts.values()) > expected / 2
   # The geometric and enhancement operations draw both signs.
   assert set(seen_signs) == set(GEOMETRIC) | set(ENHANCEMENTS)
   assert all(signs == {1., -1.} for signs in seen_signs.values())
+
+
+def test_single_image_is_a_batch_of_one():
+  image = _noise()
+  np.testing.assert_array_equal(ra.randaugment(image, 3, 10., [2, 9]),
+                                ra.randaugment(image[None], 3, 10., [2, 9])[0])
+
+
+@pytest.mark.parametrize("name", list(ra.OPERATIONS))
+def test_batched_operation_equals_one_call_per_image(name):
+  images = np.stack([_noise(i) for i in range(4)])
+  signs = np.array([1., -1., -1., 1.], np.float32)
+  op = ra.OPERATIONS[name]
+  batched = ra.apply_operation(op, images, 7., signs)
+  for image, sign, out in zip(images, signs, batched):
+    np.testing.assert_array_equal(out, ra.apply_operation(op, image, 7., sign))
+  empty = ra.apply_operation(op, images[:0], 7., signs[:0])
+  assert empty.shape == (0, H, W, 3) and empty.dtype == tf.uint8
+
+
+def test_operation_arguments_can_differ_per_image():
+  images = np.stack([_marked(20, int(CY))] * 2)  # Right of the centre.
+  out = ra.rotate(images, tf.constant([90., -90.]))
+  assert _white_pixels(out[0]) == [(int(CX), int(CY) - 4)]  # Moved above.
+  assert _white_pixels(out[1]) == [(int(CX), int(CY) + 4)]  # Moved below.
 
 
 def test_works_inside_tf_data_map_and_matches_eager():
@@ -309,11 +334,16 @@ def test_works_inside_tf_data_map_and_matches_eager():
   batch = next(iter(dataset)).numpy()
   for image, seed, out in zip(images, seeds, batch):
     np.testing.assert_array_equal(out, ra.randaugment(image, 2, 10., seed))
+  batched = tf.data.Dataset.from_tensors(images).map(
+      lambda batch: ra.randaugment(batch, 2, 10., [7, 0]))
+  assert batched.element_spec == tf.TensorSpec([6, 32, 32, 3], tf.uint8)
+  np.testing.assert_array_equal(next(iter(batched)),
+                                ra.randaugment(images, 2, 10., [7, 0]))
 
 
 @pytest.mark.parametrize("image, message", [
     (np.zeros((8, 8, 3), np.float32), "uint8"),
-    (np.zeros((2, 8, 8, 3), np.uint8), "one HWC"),
+    (np.zeros((8, 8), np.uint8), "one HWC image or an NHWC batch"),
     (np.zeros((8, 8, 1), np.uint8), "3 channels"),
 ])
 def test_bad_image_is_rejected(image, message):

@@ -5,17 +5,19 @@ Sharding: each process reads only its contiguous shard of a split
 processes cover the split exactly once.
 
 Determinism: everything random is a pure function of (seed, process_index)
-and a position: the shuffle order of epoch e is seeded by e, the augmentation
-of an example by its position in the process's stream, and the mixing of a
-per-device batch by that batch's position. tf.data runs deterministically.
+and a position: the shuffle order of epoch e is seeded by e, the crop and flip
+of an example by its position in the process's stream, and the RandAugment
+draws and mixing of a per-device batch by that batch's position. tf.data runs
+deterministically.
 
 Resume: `train_iterator(..., start_step=N)` yields exactly batches N, N+1, ...
 of an uninterrupted run. It starts at the right epoch and skips the examples
 of that epoch already consumed before decoding them, so resuming costs
 reading (not decoding) at most one epoch of this process's shard.
 
-Mixing happens per device batch, so each device's examples mix only among
-themselves; the `labels` of training batches are float targets summing to 1.
+RandAugment and mixing run per device batch (RandAugment is much cheaper per
+image on a batch), so each device's examples mix only among themselves; the
+`labels` of training batches are float targets summing to 1.
 """
 from typing import Iterator, NamedTuple
 
@@ -176,17 +178,19 @@ def train_iterator(config: ml_collections.ConfigDict, *, global_batch_size: int,
     image = preprocessing.train_image(
         example["image"], tf.random.experimental.stateless_fold_in(example_seed, position),
         image_size=config.train_px, min_crop_area=config.min_crop_area,
-        random_flip=config.random_flip,
-        randaugment_layers=config.randaugment.num_layers,
-        randaugment_magnitude=config.randaugment.magnitude)
+        random_flip=config.random_flip)
     return image, tf.one_hot(example["label"], source.num_classes)
 
-  def mix(position, batch):
+  def augment_and_mix(position, batch):
     images, targets = batch
+    augment_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(batch_seed, position), 2))
+    images = preprocessing.train_batch(
+        images, augment_seed, randaugment_layers=config.randaugment.num_layers,
+        randaugment_magnitude=config.randaugment.magnitude)
     return mixing.mix_batch(
         images, targets, policy=config.mix_policy, mixup_alpha=config.mixup_alpha,
-        cutmix_alpha=config.cutmix_alpha,
-        seed=tf.random.experimental.stateless_fold_in(batch_seed, position))
+        cutmix_alpha=config.cutmix_alpha, seed=mix_seed)
 
   first_example = start_step * local_batch
   first_epoch = first_example // shard_size
@@ -195,7 +199,7 @@ def train_iterator(config: ml_collections.ConfigDict, *, global_batch_size: int,
   ds = ds.map(augment, num_parallel_calls=_AUTOTUNE)
   ds = ds.batch(per_device, drop_remainder=True)
   ds = ds.enumerate(start=start_step * layout.num_local_devices)
-  ds = ds.map(mix, num_parallel_calls=_AUTOTUNE)
+  ds = ds.map(augment_and_mix, num_parallel_calls=_AUTOTUNE)
   ds = ds.batch(layout.num_local_devices, drop_remainder=True)
   if config.name == "fake":
     ds = ds.take(1).cache().repeat()

@@ -1,7 +1,10 @@
-"""Per-example image ops: decoding, inception crop, evaluation crop, normalisation.
+"""Image ops: decoding, inception crop, RandAugment, evaluation crop, normalisation.
 
-Images enter as encoded bytes (tf.string) or uint8 [H, W, 3]; all randomness
-is stateless, keyed by a shape-[2] int64 seed.
+Training runs in two stages: `train_image` per example (decode, crop, resize,
+flip) and `train_batch` per batch (RandAugment, normalisation), since
+RandAugment is several times cheaper per image on a batch. Images enter as
+encoded bytes (tf.string) or uint8 [H, W, 3]; all randomness is stateless,
+keyed by a shape-[2] int64 seed.
 """
 import tensorflow as tf
 
@@ -68,19 +71,25 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
 
 
 def train_image(image: tf.Tensor, seed: tf.Tensor, *, image_size: int,
-                min_crop_area: float, random_flip: bool,
-                randaugment_layers: int, randaugment_magnitude: float) -> tf.Tensor:
-  """Inception crop, flip, bicubic resize, RandAugment, normalisation."""
-  crop_seed, flip_seed, augment_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
+                min_crop_area: float, random_flip: bool) -> tf.Tensor:
+  """Inception crop, bicubic resize and flip of one example -> uint8 [size, size, 3].
+
+  Rounded to uint8 because RandAugment (in `train_batch`) works on uint8
+  pixels; it also makes batches 4x smaller to move between stages.
+  """
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = resize(decode_and_inception_crop(image, crop_seed, min_crop_area), image_size)
   if random_flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return tf.cast(tf.round(image), tf.uint8)
+
+
+def train_batch(images: tf.Tensor, seed: tf.Tensor, *, randaugment_layers: int,
+                randaugment_magnitude: float) -> tf.Tensor:
+  """RandAugment (each image its own draws) and normalisation of a uint8 batch."""
   if randaugment_layers:
-    # RandAugment works on uint8 pixels.
-    image = randaugment(tf.cast(tf.round(image), tf.uint8), randaugment_layers,
-                        randaugment_magnitude, augment_seed)
-  return normalize(image)
+    images = randaugment(images, randaugment_layers, randaugment_magnitude, seed)
+  return normalize(images)
 
 
 def eval_image(image: tf.Tensor, *, image_size: int, resize_pad: int) -> tf.Tensor:

@@ -1,10 +1,16 @@
 """RandAugment (Cubuk et al., 2020) as TensorFlow ops for a tf.data pipeline.
 
 `randaugment(image, num_layers, magnitude, seed)` applies `num_layers`
-operations, each drawn uniformly from `OPERATIONS`, at one shared magnitude.
-All randomness is stateless (derived from `seed`), so an example's augmentation
-is reproducible. Every operation is also public, taking and returning one HWC
-uint8 RGB image of unchanged shape.
+operations to an image, or to each image of a batch, each drawn uniformly from
+`OPERATIONS`, at one shared magnitude. All randomness is stateless (derived
+from `seed`), so an example's augmentation is reproducible. Every operation
+is also public. Each takes one HWC uint8 RGB image or an NHWC batch of them,
+and returns the same shape; an operation's argument is one value, or one per
+image ([N]) for a batch.
+
+Batches are the fast path: `randaugment` groups a batch by drawn operation
+and runs each operation once per group, so the fixed cost of an operation
+(large next to the work on a small image) is shared by the whole batch.
 
 Magnitude scale (0 to 30). The NFNet recipe uses 5, 10 and 15. Arguments grow
 linearly with the magnitude m and reach AutoAugment's largest settings at
@@ -31,7 +37,6 @@ which is PIL's centre too. Resampling is bilinear (smoother than nearest for
 non-integer motions, exact for integer ones); pixels that come from outside the
 image take `FILL_VALUE` (mid grey) in every channel.
 """
-import functools
 import math
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
@@ -62,14 +67,27 @@ _SMOOTH_KERNEL = ((1., 1., 1.), (1., 5., 1.), (1., 1., 1.))
 
 
 def _as_image(image: ImageLike) -> tf.Tensor:
-  """Converts to a tensor and checks it is one HWC uint8 RGB image."""
+  """Converts to a tensor and checks it is one HWC or a batch NHWC of uint8 RGB."""
   image = tf.convert_to_tensor(image)
-  if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
+  if (image.dtype != tf.uint8 or image.shape.rank not in (3, 4)
+      or image.shape[-1] != 3):
     raise ValueError(
-        "RandAugment operations take one HWC uint8 image with 3 channels; got "
-        f"dtype {image.dtype.name} and shape {image.shape}. Apply them per "
-        "example (before batching) and before converting to float.")
+        "RandAugment operations take one HWC image or an NHWC batch, uint8 "
+        f"with 3 channels; got dtype {image.dtype.name} and shape {image.shape}. "
+        "Apply them before converting to float.")
   return image
+
+
+def _per_image(value: Scalar, image: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+  """A scalar or per-image [N] argument, shaped to broadcast against `image`."""
+  return tf.reshape(tf.cast(value, dtype), [-1] + [1] * (image.shape.rank - 1))
+
+
+def _on_batch(fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor) -> tf.Tensor:
+  """Applies an NHWC -> NHWC `fn` to one HWC image or to a batch."""
+  if image.shape.rank == 4:
+    return fn(image)
+  return fn(image[None])[0]
 
 
 def _to_uint8(x: tf.Tensor) -> tf.Tensor:
@@ -82,7 +100,7 @@ def _to_uint8(x: tf.Tensor) -> tf.Tensor:
 
 def _centre(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """The (x, y) coordinates of the image centre."""
-  size = tf.cast(tf.shape(image)[:2], tf.float32)
+  size = tf.cast(tf.shape(image)[-3:-1], tf.float32)
   return (size[1] - 1.) / 2., (size[0] - 1.) / 2.
 
 
@@ -91,18 +109,22 @@ def _resample(image: tf.Tensor, inverse_map: list[Scalar]) -> tf.Tensor:
 
   `inverse_map` is [a0, a1, a2, b0, b1, b2]: the input is read at
   (a0 x + a1 y + a2, b0 x + b1 y + b2), i.e. the inverse of the motion applied
-  to the content, which is what ImageProjectiveTransformV3 expects.
+  to the content, which is what ImageProjectiveTransformV3 expects. Each
+  coefficient is a scalar or has one value per image of a batch.
   """
-  coefficients = [tf.cast(c, tf.float32) for c in inverse_map]
-  transform = tf.stack(coefficients + [tf.zeros([]), tf.zeros([])])  # Affine.
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=tf.cast(image, tf.float32)[None],
-      transforms=transform[None],
-      output_shape=tf.shape(image)[:2],
-      fill_value=float(FILL_VALUE),
-      interpolation="BILINEAR",
-      fill_mode="CONSTANT")
-  return tf.ensure_shape(_to_uint8(out[0]), image.shape)
+  def transform(images):
+    per_image = [tf.broadcast_to(tf.cast(c, tf.float32), tf.shape(images)[:1])
+                 for c in inverse_map]
+    zeros = tf.zeros_like(per_image[0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32),
+        transforms=tf.stack(per_image + [zeros, zeros], axis=1),  # Affine.
+        output_shape=tf.shape(images)[1:3],
+        fill_value=float(FILL_VALUE),
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT")
+    return _to_uint8(out)
+  return tf.ensure_shape(_on_batch(transform, image), image.shape)
 
 
 def rotate(image: ImageLike, degrees: Scalar) -> tf.Tensor:
@@ -162,7 +184,7 @@ def invert(image: ImageLike) -> tf.Tensor:
 def solarize(image: ImageLike, threshold: Scalar) -> tf.Tensor:
   """Inverts the values >= `threshold` (256 leaves the image unchanged)."""
   image = _as_image(image)
-  return tf.where(tf.cast(image, tf.int32) >= tf.cast(threshold, tf.int32),
+  return tf.where(tf.cast(image, tf.int32) >= _per_image(threshold, image, tf.int32),
                   tf.constant(255, tf.uint8) - image, image)
 
 
@@ -171,8 +193,8 @@ def solarize_add(image: ImageLike, addition: Scalar,
   """Adds `addition` (saturating at 255) to the values below `threshold`."""
   image = _as_image(image)
   values = tf.cast(image, tf.int32)
-  raised = tf.clip_by_value(values + tf.cast(addition, tf.int32), 0, 255)
-  out = tf.where(values < tf.cast(threshold, tf.int32), raised, values)
+  raised = tf.clip_by_value(values + _per_image(addition, image, tf.int32), 0, 255)
+  out = tf.where(values < _per_image(threshold, image, tf.int32), raised, values)
   return tf.cast(out, tf.uint8)
 
 
@@ -180,8 +202,8 @@ def posterize(image: ImageLike, bits: Scalar) -> tf.Tensor:
   """Keeps the `bits` most significant bits of every value (0 to 8)."""
   image = _as_image(image)
   # A mask, not a shift: shifting a uint8 by 8 bits is undefined in TF.
-  dropped = 8 - tf.cast(bits, tf.int32)
-  mask = 256 - tf.bitwise.left_shift(1, dropped)
+  dropped = 8 - _per_image(bits, image, tf.int32)
+  mask = 256 - tf.bitwise.left_shift(tf.ones_like(dropped), dropped)
   return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask),
                  tf.uint8)
 
@@ -194,8 +216,8 @@ def autocontrast(image: ImageLike) -> tf.Tensor:
   """
   image = _as_image(image)
   values = tf.cast(image, tf.float32)
-  low = tf.reduce_min(values, axis=(0, 1))
-  high = tf.reduce_max(values, axis=(0, 1))
+  low = tf.reduce_min(values, axis=(-3, -2), keepdims=True)
+  high = tf.reduce_max(values, axis=(-3, -2), keepdims=True)
   stretched = _to_uint8((values - low) * (255. / tf.maximum(high - low, 1.)))
   return tf.where(high > low, stretched, image)
 
@@ -207,17 +229,21 @@ def equalize(image: ImageLike) -> tf.Tensor:
   with too few distinct pixels to fill 255 levels is left unchanged.
   """
   image = _as_image(image)
-  channels = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, 3]))
+  shape = tf.shape(image)
+  num_pixels = shape[-3] * shape[-2]
+  # One row of values per channel of each image: [N * 3, H * W].
+  pixels = tf.reshape(tf.cast(image, tf.int32), [-1, num_pixels, 3])
+  channels = tf.reshape(tf.transpose(pixels, [0, 2, 1]), [-1, num_pixels])
   histogram = tf.math.bincount(channels, minlength=256, maxlength=256, axis=-1)
   brightest_count = tf.gather(histogram, tf.reduce_max(channels, axis=1),
                               batch_dims=1)
-  step = (tf.shape(channels)[1] - brightest_count)[:, None] // 255
+  step = (num_pixels - brightest_count)[:, None] // 255
   # Each value maps to the (rounded) number of steps of pixels below it.
   below = tf.cumsum(histogram, axis=1, exclusive=True)
   table = tf.minimum((below + step // 2) // tf.maximum(step, 1), 255)
   table = tf.where(step > 0, table, tf.range(256)[None])
-  equalised = tf.gather(table, channels, batch_dims=1)
-  out = tf.reshape(tf.cast(tf.transpose(equalised), tf.uint8), tf.shape(image))
+  equalised = tf.reshape(tf.gather(table, channels, batch_dims=1), [-1, 3, num_pixels])
+  out = tf.reshape(tf.cast(tf.transpose(equalised, [0, 2, 1]), tf.uint8), shape)
   return tf.ensure_shape(out, image.shape)
 
 
@@ -228,11 +254,11 @@ def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: Scalar) -> tf.Tensor
   """
   degenerate = tf.cast(degenerate, tf.float32)
   change = tf.cast(image, tf.float32) - degenerate
-  return _to_uint8(degenerate + tf.cast(factor, tf.float32) * change)
+  return _to_uint8(degenerate + _per_image(factor, image, tf.float32) * change)
 
 
 def _luma(image: tf.Tensor) -> tf.Tensor:
-  """The greyscale image [H, W, 1], rounded to integers as in PIL's "L"."""
+  """The greyscale image [..., H, W, 1], rounded to integers as in PIL's "L"."""
   weights = tf.constant(_LUMA_WEIGHTS, tf.float32)
   return tf.round(tf.reduce_sum(tf.cast(image, tf.float32) * weights, axis=-1,
                                 keepdims=True))
@@ -247,7 +273,8 @@ def color(image: ImageLike, factor: Scalar) -> tf.Tensor:
 def contrast(image: ImageLike, factor: Scalar) -> tf.Tensor:
   """Blends with a uniform image of the mean grey level (PIL's Contrast)."""
   image = _as_image(image)
-  return _blend(tf.round(tf.reduce_mean(_luma(image))), image, factor)
+  mean = tf.reduce_mean(_luma(image), axis=(-3, -2, -1), keepdims=True)
+  return _blend(tf.round(mean), image, factor)
 
 
 def brightness(image: ImageLike, factor: Scalar) -> tf.Tensor:
@@ -258,13 +285,18 @@ def brightness(image: ImageLike, factor: Scalar) -> tf.Tensor:
 
 def _smoothed(image: tf.Tensor) -> tf.Tensor:
   """PIL's SMOOTH filter, rounded; the 1-pixel border keeps its values as in PIL."""
-  values = tf.cast(image, tf.float32)
   kernel = tf.constant(_SMOOTH_KERNEL) / np.sum(_SMOOTH_KERNEL)
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-  inner = tf.nn.depthwise_conv2d(values[None], kernel, [1, 1, 1, 1], "VALID")
-  frame = [[1, 1], [1, 1], [0, 0]]
-  is_inner = tf.pad(tf.ones_like(inner[0], tf.bool), frame)
-  return tf.where(is_inner, tf.pad(tf.round(inner[0]), frame), values)
+
+  def smooth(images):
+    values = tf.cast(images, tf.float32)
+    # "SAME" keeps the shape even for an empty batch ("VALID" would not);
+    # the border it computes from zero padding is replaced below.
+    smoothed = tf.nn.depthwise_conv2d(values, kernel, [1, 1, 1, 1], "SAME")
+    inner_shape = tf.shape(images)[1:3] - 2
+    is_inner = tf.pad(tf.ones(inner_shape, tf.bool), [[1, 1], [1, 1]])[:, :, None]
+    return tf.where(is_inner, tf.round(smoothed), values)
+  return _on_batch(smooth, image)
 
 
 def sharpness(image: ImageLike, factor: Scalar) -> tf.Tensor:
@@ -300,7 +332,7 @@ def _signed(reference: float) -> LevelToArg:
 
 
 def _translation(axis: int) -> LevelToArg:
-  """Pixels proportional to the image side along `axis` (0 rows, 1 columns)."""
+  """Pixels proportional to the image side along `axis` (-3 rows, -2 columns)."""
   def level_to_arg(magnitude, sign, image):
     side = tf.cast(tf.shape(image)[axis], tf.float32)
     return sign * _REFERENCE_TRANSLATE * _fraction(magnitude) * side
@@ -341,14 +373,17 @@ OPERATIONS: dict[str, Operation] = {
     "Sharpness": Operation(sharpness, _enhancement),
     "ShearX": Operation(shear_x, _signed(_REFERENCE_SHEAR)),
     "ShearY": Operation(shear_y, _signed(_REFERENCE_SHEAR)),
-    "TranslateX": Operation(translate_x, _translation(1)),
-    "TranslateY": Operation(translate_y, _translation(0)),
+    "TranslateX": Operation(translate_x, _translation(-2)),
+    "TranslateY": Operation(translate_y, _translation(-3)),
 }
 
 
 def apply_operation(operation: Operation, image: ImageLike, magnitude: Scalar,
                     sign: Scalar = 1.) -> tf.Tensor:
-  """Applies `operation` at `magnitude` with the given sign (+1 or -1)."""
+  """Applies `operation` at `magnitude` with the given sign (+1 or -1).
+
+  For a batch, `sign` may hold one sign per image ([N]).
+  """
   image = _as_image(image)
   if operation.level_to_arg is None:
     return operation.fn(image)
@@ -371,21 +406,23 @@ def _check_settings(num_layers: int, magnitude: Scalar) -> None:
 
 def randaugment(image: ImageLike, num_layers: int, magnitude: Scalar,
                 seed: Seed) -> tf.Tensor:
-  """Applies `num_layers` operations drawn uniformly from `OPERATIONS`.
+  """Applies `num_layers` operations, drawn uniformly from `OPERATIONS`, to each image.
 
-  Usable inside `tf.data.Dataset.map` (graph mode): the choice of operation
-  and sign come from stateless ops, and `tf.switch_case` runs only the chosen
-  operation.
+  Usable inside `tf.data.Dataset.map` (graph mode). Every image of a batch
+  draws its own operation and sign per layer (stateless ops); each layer
+  partitions the batch by operation and runs each operation once, on its
+  group only.
 
   Args:
-    image: one HWC uint8 RGB image.
+    image: one HWC uint8 RGB image, or an NHWC batch (faster per image).
     num_layers: operations applied in sequence (repeats allowed); 0 returns
-      the image unchanged.
-    magnitude: strength in [0, 30] shared by all layers (module docstring).
+      the input unchanged.
+    magnitude: strength in [0, 30] shared by all layers and images (module
+      docstring).
     seed: shape [2] integer tensor; the same seed gives the same output.
 
   Returns:
-    The augmented uint8 image, same shape as `image`.
+    The augmented uint8 image or batch, same shape as `image`.
 
   References:
     Cubuk et al., "RandAugment: Practical automated data augmentation with a
@@ -393,16 +430,20 @@ def randaugment(image: ImageLike, num_layers: int, magnitude: Scalar,
   """
   _check_settings(num_layers, magnitude)
   image = _as_image(image)
+  if image.shape.rank == 3:
+    return randaugment(image[None], num_layers, magnitude, seed)[0]
   magnitude = tf.cast(magnitude, tf.float32)
   operations = list(OPERATIONS.values())
+  batch_shape = tf.shape(image)[:1]
   for layer in range(num_layers):
     layer_seed = tf.random.experimental.stateless_fold_in(seed, layer)
     choice_seed, sign_seed = tf.unstack(
         tf.random.experimental.stateless_split(layer_seed, 2))
     choice = tf.random.stateless_uniform(
-        [], choice_seed, maxval=len(operations), dtype=tf.int32)
-    sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1., 1.)
-    branches = [functools.partial(apply_operation, op, image, magnitude, sign)
-                for op in operations]
-    image = tf.ensure_shape(tf.switch_case(choice, branches), image.shape)
+        batch_shape, choice_seed, maxval=len(operations), dtype=tf.int32)
+    sign = tf.where(tf.random.stateless_uniform(batch_shape, sign_seed) < 0.5, -1., 1.)
+    groups = tf.dynamic_partition(tf.range(batch_shape[0]), choice, len(operations))
+    outputs = [apply_operation(op, tf.gather(image, group), magnitude, tf.gather(sign, group))
+               for op, group in zip(operations, groups)]
+    image = tf.ensure_shape(tf.dynamic_stitch(groups, outputs), image.shape)
   return image
