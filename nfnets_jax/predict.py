@@ -78,7 +78,7 @@ def _dataset_class_names(data_config: ml_collections.ConfigDict,
   if data_config.name == "imagenet2012":
     return list(IMAGENET_CLASS_NAMES)
   try:
-    names = getattr(pipeline.make_source(data_config), "class_names", None)
+    names = pipeline.make_source(data_config).class_names
   except (ValueError, FileNotFoundError):
     names = None  # The dataset is not here; fall back to label numbers.
   return list(names) if names else [str(i) for i in range(num_classes)]

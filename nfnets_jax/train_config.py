@@ -69,12 +69,6 @@ def base_config(model_name: str,
   config.model = ml_collections.ConfigDict(
       {"name": model_name, "kwargs": dict(model_kwargs or {})})
   config.data = data_config or data.default_config()
-  # Fields whose default is None need a declared type to be overridable
-  # from the command line (--config.data.data_dir=...).
-  for section, field in ((config.data, "data_dir"),
-                         (config.data.image_folder, "path")):
-    if section[field] is None:
-      section[field] = ml_collections.config_dict.placeholder(str)
   config.optimizer = optim.default_config()
   config.train = train_defaults()
   config.eval = eval_defaults()

@@ -1,12 +1,14 @@
 """The offline digits dataset: built without network, fixed disjoint splits."""
 import socket
+import types
 
 import numpy as np
 import pytest
 from sklearn import datasets as sk_datasets
+import tensorflow_datasets as tfds
 
 from nfnets_jax import data
-from nfnets_jax.data import digits
+from nfnets_jax.data import digits, sources
 
 SKLEARN = sk_datasets.load_digits()
 # The 8x8 digits on the 0..255 scale, the same value in R, G and B.
@@ -98,3 +100,16 @@ def test_dataset_info_and_train_batches(data_dir):
   batch = next(data.train_iterator(config, global_batch_size=16, seed=0, num_local_devices=2))
   assert batch["images"].shape == (2, 8, 8, 8, 3) and batch["labels"].shape == (2, 8, 10)
   np.testing.assert_allclose(batch["labels"].sum(-1), 1.0, rtol=1e-6)
+
+
+def test_tfds_sources_take_class_names_from_the_label_feature(data_dir):
+  digit_names = data.pipeline.make_source(_eval_config(data_dir)).class_names
+  assert digit_names == [str(i) for i in range(10)]
+  # A stand-in builder whose ClassLabel has names, like cifar10's.
+  names = ["cat", "dog", "eel"]
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(8, 8, 3)),
+      "label": tfds.features.ClassLabel(names=names)})
+  builder = types.SimpleNamespace(name="pets", info=types.SimpleNamespace(features=features))
+  source = sources.TfdsSource(builder)
+  assert source.class_names == names and source.num_classes == 3

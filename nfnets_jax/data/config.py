@@ -8,6 +8,11 @@ BUILTIN_DATASETS = ("digits", "fake", "image_folder")
 MIX_POLICIES = ("half", "mixup", "cutmix", "none")
 
 
+def _unset_path() -> ml_collections.FieldReference:
+  """None, typed str so the command line can set it (--config.data.data_dir=...)."""
+  return ml_collections.config_dict.placeholder(str)
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The data config of the default experiment: offline digits at 32 px.
 
@@ -57,7 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(dict(
       name="digits",
-      data_dir=None,
+      data_dir=_unset_path(),
       train_split="train",
       eval_split="test",
       image_key="image",
@@ -73,7 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
       cutmix_alpha=1.0,
       shuffle_buffer=10_000,
       cache=True,
-      image_folder=dict(path=None),
+      image_folder=dict(path=_unset_path()),
       digits=dict(image_size=32),
       fake=dict(num_classes=1000, image_size=256, num_train=1_281_167,
                 num_test=50_000),

@@ -22,6 +22,7 @@ class Source:
   """Interface shared by the sources (see the module docstring)."""
 
   num_classes: int
+  class_names: list[str] | None = None  # Label i's name, where the data has names.
 
   def num_examples(self, split: str) -> int:
     raise NotImplementedError
@@ -54,6 +55,7 @@ class TfdsSource(Source):
     self._builder = builder
     self._image_key, self._label_key = image_key, label_key
     self.num_classes = features[label_key].num_classes
+    self.class_names = list(features[label_key].names)
 
   def num_examples(self, split: str) -> int:
     return self._builder.info.splits[split].num_examples
