@@ -134,6 +134,11 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
   conv = functools.partial(
       jax.lax.conv_general_dilated, window_strides=(stride, stride),
       padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if w.shape[:2] == (1, 1) and stride == 1 and groups == 1:
+    # A matmul over channels. As a dot, its weight gradient is a matmul too;
+    # as a convolution, XLA's CPU backend makes it a whole-image-window
+    # convolution behind two transposes, several times slower.
+    return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
   if impl == "auto":
     impl = default_grouped_conv_impl()
   if groups == 1 or impl == "xla":
@@ -181,12 +186,16 @@ class WSConv2D(hk.Module):
     gain = hk.get_parameter("gain", (w.shape[-1],), w.dtype, init=jnp.ones)
     if not self.standardize:
       return w * gain
-    fan_in = np.prod(w.shape[:-1])
-    mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
-    var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
+    # Statistics over a [fan_in, out] view: on CPU, XLA reduces the leading
+    # unit axes of a [1, 1, I, O] kernel several times slower (measured 105 ms
+    # vs 9 ms, forward + backward, for F0's 1536 x 3072 final conv).
+    flat = w.reshape(-1, w.shape[-1])
+    fan_in = flat.shape[0]
+    mean = jnp.mean(flat, axis=0)
+    var = jnp.var(flat, axis=0)
     # Fused (w - mean) * scale, with scale = gain / sqrt(max(N * var, eps)).
     scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, self.eps)) * gain
-    return w * scale - mean * scale
+    return (flat * scale - mean * scale).reshape(w.shape)
 
   def __call__(self, x: Array) -> Array:
     in_ch = x.shape[-1]

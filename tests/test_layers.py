@@ -48,22 +48,24 @@ def _apply_module(make, x, rng=0):
   return params, f.apply(params, None, x)
 
 
-def test_ws_conv_equals_numpy_standardisation():
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (1, 1), (1, 2)])
+def test_ws_conv_equals_numpy_standardisation(kernel, stride):
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 9, 6))
-  params, out = _apply_module(lambda: layers.WSConv2D(5, 3, stride=2, name="c"), x)
+  params, out = _apply_module(lambda: layers.WSConv2D(5, kernel, stride=stride, name="c"), x)
   p = params["c"]
   w = np.asarray(p["w"], np.float64)
   gain = np.random.default_rng(0).uniform(0.5, 2, 5)
   bias = np.random.default_rng(1).normal(size=5)
   params = {"c": {"w": p["w"], "gain": jnp.asarray(gain, jnp.float32),
                   "bias": jnp.asarray(bias, jnp.float32)}}
-  out = hk.transform(lambda x: layers.WSConv2D(5, 3, stride=2, name="c")(x)).apply(params, None, x)
-  n = 3 * 3 * 6
+  out = hk.transform(
+      lambda x: layers.WSConv2D(5, kernel, stride=stride, name="c")(x)).apply(params, None, x)
+  n = kernel * kernel * 6
   w_hat = gain * (w - w.mean(axis=(0, 1, 2))) / np.sqrt(n * w.var(axis=(0, 1, 2)))
   # Each standardised filter has unit norm times its gain.
   assert np.allclose(np.sqrt((w_hat**2).sum(axis=(0, 1, 2))), gain)
   ref = jax.lax.conv_general_dilated(
-      x, jnp.asarray(w_hat, jnp.float32), (2, 2), "SAME",
+      x, jnp.asarray(w_hat, jnp.float32), (stride, stride), "SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -120,6 +122,23 @@ def test_grouped_conv_formulations_agree(groups, stride, size):
   grads = {impl: jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1))(x, w)
            for impl, f in conv.items()}
   for a, b in zip(grads["split"], grads["xla"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_1x1_conv_matches_xla_convolution_and_its_gradients():
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(kx, (2, 5, 6, 12))
+  w = jax.random.normal(kw, (1, 1, 12, 7))
+  cot = jax.random.normal(kg, (2, 5, 6, 7))
+  def xla_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for f in (xla_conv, lambda x, w: layers.conv2d(x, w, 1)):
+    np.testing.assert_allclose(f(x, w), _numpy_grouped_conv(np.asarray(x), np.asarray(w), 1),
+                               rtol=1e-4, atol=1e-4)
+  grads = [jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1))(x, w)
+           for f in (xla_conv, lambda x, w: layers.conv2d(x, w, 1))]
+  for a, b in zip(*grads):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
