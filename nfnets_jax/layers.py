@@ -124,21 +124,22 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
     groups: number of feature groups.
     impl: 'xla' uses `feature_group_count`; 'split' runs one dense convolution
       per group and concatenates (same result, faster on CPU); 'auto' picks by
-      backend.
+      backend. Ungrouped stride-1 1x1 convolutions are a matmul whatever
+      `impl` says.
 
   Returns:
     The output, NHWC.
   """
   if impl not in GROUPED_CONV_IMPLS:
     raise ValueError(f"Unknown grouped conv impl {impl!r}; choose one of {GROUPED_CONV_IMPLS}.")
-  conv = functools.partial(
-      jax.lax.conv_general_dilated, window_strides=(stride, stride),
-      padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if w.shape[:2] == (1, 1) and stride == 1 and groups == 1:
     # A matmul over channels. As a dot, its weight gradient is a matmul too;
     # as a convolution, XLA's CPU backend makes it a whole-image-window
     # convolution behind two transposes, several times slower.
     return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
+  conv = functools.partial(
+      jax.lax.conv_general_dilated, window_strides=(stride, stride),
+      padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if impl == "auto":
     impl = default_grouped_conv_impl()
   if groups == 1 or impl == "xla":

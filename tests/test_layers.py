@@ -133,11 +133,12 @@ def test_1x1_conv_matches_xla_convolution_and_its_gradients():
   def xla_conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  for f in (xla_conv, lambda x, w: layers.conv2d(x, w, 1)):
+  convs = (xla_conv, lambda x, w: layers.conv2d(x, w, 1))
+  for f in convs:
     np.testing.assert_allclose(f(x, w), _numpy_grouped_conv(np.asarray(x), np.asarray(w), 1),
                                rtol=1e-4, atol=1e-4)
   grads = [jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1))(x, w)
-           for f in (xla_conv, lambda x, w: layers.conv2d(x, w, 1))]
+           for f in convs]
   for a, b in zip(*grads):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
