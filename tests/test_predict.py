@@ -13,7 +13,7 @@ from PIL import Image
 
 from nfnets_jax import checkpointing
 from nfnets_jax import models
-from nfnets_jax import official
+from nfnets_jax.pretrained import released
 from nfnets_jax import predict
 from nfnets_jax import train_config
 from nfnets_jax.imagenet_classes import CLASS_NAMES
@@ -58,7 +58,7 @@ def test_released_checkpoint_top5_with_imagenet_names(tmp_path, image):
   bias[[207, 281, 0, 999, 430, 1]] = [4.0, 3.0, 2.5, 2.0, 1.5, 1.0]
   params["NF_ResNet/~/linear"]["b"] = bias
   path = tmp_path / "ResNet50_haiku.npz"
-  official.save_official_checkpoint(params, path)
+  released.save_official_checkpoint(params, path)
 
   predictor = predict.load(str(path), variant="ResNet50")
   assert predictor.image_size == 224
@@ -72,7 +72,7 @@ def test_released_checkpoint_top5_with_imagenet_names(tmp_path, image):
       "golden retriever", "tabby", "tench", "toilet tissue", "basketball"]
   np.testing.assert_allclose([p for _, p in got], [p for _, p in expected],
                              rtol=1e-5)
-  with pytest.raises(official.CheckpointError, match="ResNet50"):
+  with pytest.raises(released.CheckpointError, match="ResNet50"):
     predict.load(str(path), variant="F0")
 
 
