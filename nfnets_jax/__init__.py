@@ -5,7 +5,8 @@ from nfnets_jax.counting import count_macs, count_params, model_macs, model_para
 from nfnets_jax.models import create_model, transform
 from nfnets_jax.nfnet import NFNet, NFNET_VARIANTS
 from nfnets_jax.nfresnet import NFResNet
-from nfnets_jax.pretrained import CheckpointError, load_official_checkpoint, save_official_checkpoint
+from nfnets_jax.pretrained import (CheckpointError, export_timm, load_official_checkpoint,
+                                   load_timm_checkpoint, save_official_checkpoint)
 from nfnets_jax.resnet import ResNet
 
 __version__ = "0.1.0"

@@ -18,11 +18,13 @@ import numpy as np
 Array = jax.Array
 
 # The plain non-linearities, before scaling. gelu is the tanh approximation
-# (jax.nn.gelu's default), which the released checkpoints were trained with.
+# (jax.nn.gelu's default), which the released checkpoints were trained with;
+# gelu_exact is the erf form that timm's ports of them compute.
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "identity": lambda x: x,
     "relu": jax.nn.relu,
     "gelu": jax.nn.gelu,
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
     "silu": jax.nn.silu,
     "elu": jax.nn.elu,
     "leaky_relu": jax.nn.leaky_relu,
@@ -38,6 +40,7 @@ RELEASED_GAMMAS: dict[str, float] = {
     "identity": 1.0,
     "relu": 1.7139588594436646,
     "gelu": 1.7015043497085571,
+    "gelu_exact": 1.7015043497085571,  # timm scales its erf GELU by gelu's.
     "silu": 1.7881293296813965,
     "elu": 1.2716004848480225,
     "leaky_relu": 1.70590341091156,
@@ -151,18 +154,22 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
   return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=-1)
 
 
+WS_EPS_STYLES = ("floor", "add")
+
+
 class WSConv2D(hk.Module):
   """2D convolution with Scaled Weight Standardisation and an affine gain.
 
   `W_hat = gain * (W - mean) / sqrt(N * var)` per output channel over its
-  fan-in of N = H * W * I numbers, with `N * var` floored at `eps`; a bias is
-  always added. Parameters: `w` (HWIO, init N(0, 1/fan_in)), `gain`, `bias`.
+  fan-in of N = H * W * I numbers, with `N * var` floored at `eps` (the
+  release) or `eps` added to `var` (timm); a bias is always added.
+  Parameters: `w` (HWIO, init N(0, 1/fan_in)), `gain`, `bias`.
   """
 
   def __init__(self, output_channels: int, kernel_shape: int, stride: int = 1,
                feature_group_count: int = 1, standardize: bool = True,
-               eps: float = 1e-4, grouped_conv: str = "auto",
-               name: str | None = None):
+               eps: float = 1e-4, eps_style: str = "floor",
+               grouped_conv: str = "auto", name: str | None = None):
     """Args:
       output_channels: number of output channels.
       kernel_shape: square kernel size.
@@ -170,7 +177,9 @@ class WSConv2D(hk.Module):
       feature_group_count: number of feature groups (grouped convolution).
       standardize: False gives a plain convolution with the same parameters
         (used to show the mean shift that standardisation removes).
-      eps: floor of `N * var`.
+      eps: the floor of `N * var` ('floor'), or what is added to `var`.
+      eps_style: 'floor': `sqrt(max(N * var, eps))`, the release's; 'add':
+        `sqrt(N * (var + eps))`, timm's.
       grouped_conv: formulation of grouped convolutions, see `conv2d`.
       name: module name (part of the checkpoint format).
     """
@@ -180,7 +189,10 @@ class WSConv2D(hk.Module):
     self.stride = stride
     self.feature_group_count = feature_group_count
     self.standardize = standardize
+    if eps_style not in WS_EPS_STYLES:
+      raise ValueError(f"eps_style must be one of {WS_EPS_STYLES}, got {eps_style!r}.")
     self.eps = eps
+    self.eps_style = eps_style
     self.grouped_conv = grouped_conv
 
   def standardized_weight(self, w: Array) -> Array:
@@ -194,8 +206,12 @@ class WSConv2D(hk.Module):
     fan_in = flat.shape[0]
     mean = jnp.mean(flat, axis=0)
     var = jnp.var(flat, axis=0)
-    # Fused (w - mean) * scale, with scale = gain / sqrt(max(N * var, eps)).
-    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, self.eps)) * gain
+    if self.eps_style == "floor":
+      denominator = jnp.maximum(var * fan_in, self.eps)
+    else:
+      denominator = (var + self.eps) * fan_in
+    # Fused (w - mean) * scale, with scale = gain / sqrt(denominator).
+    scale = jax.lax.rsqrt(denominator) * gain
     return (flat * scale - mean * scale).reshape(w.shape)
 
   def __call__(self, x: Array) -> Array:

@@ -1,6 +1,7 @@
 """NFNets: the F-series of Brock et al. 2021, arXiv 2102.06171."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import haiku as hk
@@ -44,7 +45,8 @@ class NFBlock(hk.Module):
                beta: float = 1.0, stochdepth_rate: float = 0.0, *,
                expansion: float = 0.5, se_ratio: float = 0.5,
                group_width: int = 128, alpha: float = 0.2, activation=jax.nn.relu,
-               grouped_conv: str = "auto", name: str | None = None):
+               conv=layers.WSConv2D, grouped_conv: str = "auto",
+               name: str | None = None):
     super().__init__(name=name)
     self.stride = stride
     self.beta, self.alpha = beta, alpha
@@ -53,7 +55,6 @@ class NFBlock(hk.Module):
     # Bottleneck width from the OUTPUT width, rounded down to whole groups.
     groups = max(1, int(out_ch * expansion) // group_width)
     width = groups * group_width
-    conv = layers.WSConv2D
     self.conv0 = conv(width, 1, name="conv0")
     self.conv1 = conv(width, 3, stride=stride, feature_group_count=groups,
                       grouped_conv=grouped_conv, name="conv1")
@@ -102,6 +103,7 @@ class NFNet(hk.Module):
                stage_depths: Sequence[int] | None = None,
                stage_widths: Sequence[int] | None = None,
                group_width: int = 128, fc_init=None,
+               ws_eps: float = 1e-4, ws_eps_style: str = "floor",
                grouped_conv: str = "auto", name: str = "NFNet"):
     """Args:
       num_classes: classifier outputs.
@@ -117,6 +119,9 @@ class NFNet(hk.Module):
       stage_widths: overrides the variant's stage widths (small models).
       group_width: channels per group in the grouped 3x3 convs.
       fc_init: classifier weight initialiser; default N(0, 0.01).
+      ws_eps, ws_eps_style: weight standardisation's epsilon and how it
+        enters, see `layers.WSConv2D` (the release: 1e-4, 'floor'; timm's
+        dm_nfnet: 1e-5, 'add').
       grouped_conv: grouped convolution formulation, see `layers.conv2d`.
       name: module name (part of the checkpoint format).
     """
@@ -127,16 +132,17 @@ class NFNet(hk.Module):
     base_widths = tuple(stage_widths or spec["widths"])
     stage_widths = tuple(int(w * width) for w in base_widths)
     stem_width = base_widths[0] // 2
-    self.stem = [layers.WSConv2D(ch, 3, stride=stride, name=f"stem_conv{i}")
+    conv = functools.partial(layers.WSConv2D, eps=ws_eps, eps_style=ws_eps_style)
+    self.stem = [conv(ch, 3, stride=stride, name=f"stem_conv{i}")
                  for i, (ch, stride) in enumerate(zip((16, 32, 64, stem_width), (2, 1, 1, 2)))]
     specs = layers.block_specs(stage_depths or spec["depths"], stage_widths,
                                stem_width, alpha, stochdepth_rate)
     self.blocks = [
         NFBlock(*s, se_ratio=se_ratio, group_width=group_width, alpha=alpha,
-                activation=self.activation, grouped_conv=grouped_conv, name="nf_block")
+                activation=self.activation, conv=conv, grouped_conv=grouped_conv,
+                name="nf_block")
         for s in specs]
-    self.final_conv = layers.WSConv2D(int(final_conv_mult * stage_widths[-1]), 1,
-                                      name="final_conv")
+    self.final_conv = conv(int(final_conv_mult * stage_widths[-1]), 1, name="final_conv")
     self.fc = hk.Linear(num_classes, w_init=fc_init or hk.initializers.RandomNormal(0.01))
 
   def __call__(self, x, is_training: bool = True, return_metrics: bool = False):

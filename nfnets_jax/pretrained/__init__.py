@@ -11,3 +11,4 @@ tools and for fine-tuning.
 from nfnets_jax.pretrained.released import (CheckpointError, ReleasedFileWarning,
                                             load_official_checkpoint,
                                             save_official_checkpoint)
+from nfnets_jax.pretrained.timm import TIMM_ARCHS, export_timm, load_timm_checkpoint
