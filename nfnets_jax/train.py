@@ -13,7 +13,6 @@ count and id where JAX cannot detect them).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any, Iterator
 
@@ -26,6 +25,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from nfnets_jax import checkpointing
+from nfnets_jax import cli
 from nfnets_jax import data
 from nfnets_jax import distributed
 from nfnets_jax import metrics_logging
@@ -33,13 +33,8 @@ from nfnets_jax import models
 from nfnets_jax import optim
 from nfnets_jax import train_config
 from nfnets_jax import train_step as ts
+from nfnets_jax.pretrained import weights as pretrained_weights
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, `path[:argument]`; override "
-    "fields with --config.<section>.<field>=value.")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics.jsonl and "
-    "TensorBoard events; resumes from the checkpoints already there.")
 
 
 class ConfigError(ValueError):
@@ -86,6 +81,23 @@ def _summarise_train_metrics(step_metrics: list[dict[str, Any]],
           for k in host_metrics[-1]}
 
 
+def _initialise_from(config: ml_collections.ConfigDict,
+                     initial: ts.TrainState) -> tuple[ts.TrainState, str]:
+  """`initial` with the weights of `config.init_from`, and a line saying what."""
+  loaded = pretrained_weights.load_weights(
+      config.init_from, model_kwargs=dict(config.model.kwargs))
+  skip = [p.strip() for p in config.init_skip.split(",") if p.strip()]
+  params, report = pretrained_weights.merge_for_finetuning(
+      initial.params, loaded.params, skip)
+  model_state = initial.model_state
+  if model_state:  # BatchNorm statistics, from a workdir of a BN network.
+    model_state, _ = pretrained_weights.merge_for_finetuning(
+        model_state, loaded.model_state, skip)
+  state = initial._replace(params=params, ema_params=params,
+                           model_state=model_state, ema_state=model_state)
+  return state, report.summary(loaded.description)
+
+
 class _Trainer:
   """One training run: state, steps, evaluations, checkpoints and logs."""
 
@@ -117,11 +129,16 @@ class _Trainer:
     self.config_dict = checkpointing.config_to_dict(config)
     restored = self.checkpointer.restore(initial, self.config_dict)
     self.resumed = restored is not None
+    init_message = None
+    if not self.resumed and config.init_from:
+      initial, init_message = _initialise_from(config, initial)
     self.state = ts.replicate(restored.state if self.resumed else initial)
     self.step = restored.step if self.resumed else 0
     self.logger = metrics_logging.MetricsLogger(
         workdir, config.log, start_step=self.step,
         total_steps=self.total_steps, enabled=distributed.is_primary())
+    if init_message:
+      self.logger.message(init_message)
 
   def evaluate(self) -> dict[str, dict[str, float]]:
     """Raw and EMA weights over the whole evaluation split, logged."""
@@ -231,22 +248,17 @@ def summary_line(config: ml_collections.ConfigDict, workdir: str,
           f"{result['wall_time']:.0f}s, workdir {workdir}")
 
 
-# Errors that are the user's to fix: shown as one message, no traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, checkpointing.CheckpointReadError,
-                TrainingDivergedError)
+_USER_ERRORS = cli.USER_ERRORS + (TrainingDivergedError,)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty.
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   try:
     result = train_and_evaluate(config, workdir)
   except _USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(e)
   if not distributed.is_primary():
     return
   if result["completed"]:
@@ -256,24 +268,21 @@ def main(argv: list[str]) -> None:
           f"in {workdir}; re-run the same command to resume.", flush=True)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with one-line errors for bad flags or config fields."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
-  except (AttributeError, KeyError) as e:
-    # ml_collections reports an unknown override field by its last name only.
-    name = str(e).strip("\"'")
-    culprits = [arg.split("=")[0] for arg in argv
-                if arg.startswith("--config.") and
-                name in arg.split("=")[0].split(".")]
-    sys.exit(f"error: unknown config field {name!r} in "
-             f"{', '.join(culprits) or 'the --config overrides'}; check the "
-             "field path against the config file (sections are documented "
-             "in nfnets_jax/train_config.py).")
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file, `path[:argument]`; override "
+      "fields with --config.<section>.<field>=value.")
+  flags.DEFINE_string(
+      "workdir", None, "Directory for checkpoints, metrics.jsonl and "
+      "TensorBoard events; resumes from the checkpoints already there.")
+
+
+def run() -> None:
+  """Console-script entry point (`nfnets-train`)."""
+  _define_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=parse_flags)
+  run()

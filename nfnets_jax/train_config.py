@@ -11,6 +11,14 @@ A run's config (`ml_collections.ConfigDict`) has these sections:
   distributed  nfnets_jax.distributed.default_config()
   seed         int: parameter initialisation, data order, dropout and
                stochastic depth all derive from it.
+  init_from    fine-tuning: a released file, a timm safetensors file or a
+               training workdir whose weights replace the fresh
+               initialisation where module paths and shapes match; the
+               classifier is re-initialised when its classes differ. Read
+               only when a run starts, never when it resumes.
+  init_skip    comma-separated module patterns (fnmatch, e.g.
+               'NFNet/~/linear,NFNet/~/nf_block_11*') that keep their fresh
+               initialisation whatever init_from holds.
 """
 from __future__ import annotations
 
@@ -66,6 +74,8 @@ def base_config(model_name: str,
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  config.init_skip = ""
   config.model = ml_collections.ConfigDict(
       {"name": model_name, "kwargs": dict(model_kwargs or {})})
   config.data = data_config or data.default_config()

@@ -13,3 +13,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow is only used for tf.data: keep it off any accelerator.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def dirs(tmp_path_factory):
+  """Keyword arguments of the tiny runs: digits data_dir and XLA cache."""
+  import test_train_support as support  # pylint: disable=import-outside-toplevel
+  return dict(data_dir=support.build_digits(tmp_path_factory),
+              cache_dir=str(tmp_path_factory.mktemp("xla_cache")))
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory, dirs):
+  """A finished 90-step digits run: (workdir, its output)."""
+  import test_train_support as support  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("runs") / "digits"
+  code, output = support.run_training(workdir, *support.SHORT_RUN, **dirs)
+  assert code == 0, output
+  return workdir, output

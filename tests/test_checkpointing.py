@@ -16,13 +16,6 @@ RESUME_RUN = (f"--config.train.total_steps={TOTAL_STEPS}",
               "--config.checkpoint.max_to_keep=2")
 
 
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-  """Keyword arguments of the tiny runs: digits data_dir and XLA cache."""
-  return dict(data_dir=support.build_digits(tmp_path_factory),
-              cache_dir=str(tmp_path_factory.mktemp("xla_cache")))
-
-
 def _state(seed):
   rng = np.random.default_rng(seed)
   return {"step": np.asarray(seed), "params": {

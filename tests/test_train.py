@@ -7,29 +7,7 @@ import pytest
 
 from nfnets_jax import train
 import test_train_support as support
-
-# Two epochs of plain digits (no augmentation, so that two epochs suffice).
-SHORT_RUN = ("--config.train.total_steps=90", "--config.train.batch_size=32",
-             "--config.optimizer.lr=0.4", "--config.data.mix_policy=none",
-             "--config.data.randaugment.num_layers=0",
-             "--config.data.min_crop_area=1.0", "--config.log.every_steps=30",
-             "--config.checkpoint.every_steps=45")
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-  """Keyword arguments of the tiny runs: digits data_dir and XLA cache."""
-  return dict(data_dir=support.build_digits(tmp_path_factory),
-              cache_dir=str(tmp_path_factory.mktemp("xla_cache")))
-
-
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory, dirs):
-  workdir = tmp_path_factory.mktemp("runs") / "digits"
-  code, output = support.run_training(workdir, *SHORT_RUN, **dirs)
-  assert code == 0, output
-  return workdir, output
-
+from test_train_support import SHORT_RUN
 
 def test_short_digits_run_learns_and_logs(short_run):
   workdir, output = short_run

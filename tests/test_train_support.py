@@ -32,6 +32,14 @@ TINY_RUN = (
 )
 
 
+# Two epochs of plain digits (no augmentation, so that two epochs suffice).
+SHORT_RUN = ("--config.train.total_steps=90", "--config.train.batch_size=32",
+             "--config.optimizer.lr=0.4", "--config.data.mix_policy=none",
+             "--config.data.randaugment.num_layers=0",
+             "--config.data.min_crop_area=1.0", "--config.log.every_steps=30",
+             "--config.checkpoint.every_steps=45")
+
+
 def compile_on_first_call(pmapped):
   """`pmapped`, compiled unoptimised for the arguments of its first call.
 

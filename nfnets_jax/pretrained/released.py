@@ -257,7 +257,7 @@ def load_official_checkpoint(path: str | os.PathLike, variant: str | None = None
       paths or shapes differ from the model's (named, with both shapes).
   """
   params = read_param_pickle(path)
-  model, found = _model_and_variant(params, variant, bool(model_kwargs), path)
+  model, found = model_and_variant(params, variant, bool(model_kwargs), path)
   top = next(iter(params)).split("/")[0]
   classifier = params.get(f"{top}/~/linear", {}).get("w")
   if classifier is None or classifier.ndim != 2:
@@ -267,7 +267,7 @@ def load_official_checkpoint(path: str | os.PathLike, variant: str | None = None
   return jax.tree_util.tree_map(jnp.asarray, params)
 
 
-def _model_and_variant(params: Params, variant: str | None, custom: bool,
+def model_and_variant(params: Params, variant: str | None, custom: bool,
                        path: Any) -> tuple[str, str]:
   """The file's (model, variant), checked against the caller's `variant`.
 

@@ -114,8 +114,9 @@ def _block_prefix(block: str, depths: Sequence[int]) -> str:
   raise CheckpointError(f"{block} is beyond the {sum(depths)} blocks of the architecture.")
 
 
-def _timm_module(arch: TimmArch, module: str) -> tuple[str, str]:
-  """(timm module name, kind) of our module path."""
+def _timm_module(arch: TimmArch, module: str,
+                 depths: Sequence[int]) -> tuple[str, str]:
+  """(timm module name, kind) of our module path, with `depths` blocks per stage."""
   prefix = f"{arch.top}/~/"
   if module.startswith(prefix):
     relative = module[len(prefix):]
@@ -124,7 +125,7 @@ def _timm_module(arch: TimmArch, module: str) -> tuple[str, str]:
       if match:
         block = match.groupdict().get("block")
         name = rule.timm.format(
-            block=_block_prefix(block, arch.depths) if block else None)
+            block=_block_prefix(block, depths) if block else None)
         return name, rule.kind
   raise CheckpointError(f"Module {module} has no timm counterpart.")
 
@@ -153,13 +154,22 @@ def _from_timm_layout(array: np.ndarray, kind: str, name: str) -> np.ndarray:
   return array
 
 
-def to_timm_state_dict(params: Mapping[str, Mapping[str, Any]],
-                       arch: str) -> dict[str, np.ndarray]:
-  """Our params as timm's state dict for `arch` (keys and layouts)."""
+def _depths(spec: TimmArch, model_kwargs: Mapping[str, Any]) -> Sequence[int]:
+  return model_kwargs.get("stage_depths") or spec.depths
+
+
+def to_timm_state_dict(params: Mapping[str, Mapping[str, Any]], arch: str,
+                       **model_kwargs: Any) -> dict[str, np.ndarray]:
+  """Our params as timm's state dict for `arch` (keys and layouts).
+
+  `model_kwargs` are the params' constructor overrides (`stage_depths` sets
+  the numbering of the blocks).
+  """
   spec = _arch(arch)
+  depths = _depths(spec, model_kwargs)
   state_dict = {}
   for module, names in params.items():
-    timm_module, kind = _timm_module(spec, module)
+    timm_module, kind = _timm_module(spec, module, depths)
     for name, value in names.items():
       # order="C": safetensors writes contiguous buffers; keeps 0-d arrays 0-d.
       state_dict[f"{timm_module}.{_NAMES[name]}"] = np.asarray(
@@ -185,8 +195,9 @@ def from_timm_state_dict(state_dict: Mapping[str, np.ndarray], arch: str,
                                       **{**spec.kwargs, **model_kwargs})
   params: Params = {}
   unused = set(state_dict)
+  depths = _depths(spec, model_kwargs)
   for module, names in expected.items():
-    timm_module, kind = _timm_module(spec, module)
+    timm_module, kind = _timm_module(spec, module, depths)
     for name in names:
       key = f"{timm_module}.{_NAMES[name]}"
       if key not in state_dict:
@@ -293,6 +304,15 @@ def load_timm_checkpoint(path: str | os.PathLike, arch: str | None = None,
           for m, v in read_timm_checkpoint(path, arch, **model_kwargs)[1].items()}
 
 
+def arch_of(model: str, variant: str | None) -> str:
+  """timm's architecture for one of our model variants."""
+  for name, spec in TIMM_ARCHS.items():
+    if spec.model == model and spec.kwargs.get("variant") == variant:
+      return name
+  raise CheckpointError(f"timm has no counterpart of {model} {variant}; pass the "
+                        f"architecture (one of {', '.join(sorted(TIMM_ARCHS))}).")
+
+
 def export_timm(params: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
                 arch: str | None = None, **model_kwargs: Any) -> str:
   """Writes our params as a timm state dict in safetensors form (atomically).
@@ -303,7 +323,8 @@ def export_timm(params: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
   Args:
     params: our model's params.
     path: the output file.
-    arch: the timm architecture; None infers it from the params' variant.
+    arch: the timm architecture; None takes the one of the params' variant
+      (`model_kwargs['variant']`, else inferred from the params).
     **model_kwargs: the constructor arguments of params that are not of the
       architecture's standard widths (timm then needs the same overrides).
 
@@ -316,11 +337,8 @@ def export_timm(params: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
   """
   if arch is None:
     model, variant = released.infer_variant(params)
-    arch = next((name for name, spec in TIMM_ARCHS.items()
-                 if spec.model == model and spec.kwargs.get("variant") == variant), None)
-    if arch is None:
-      raise CheckpointError(f"timm has no counterpart of {model} {variant}.")
-  state_dict = to_timm_state_dict(params, arch)
+    arch = arch_of(model, model_kwargs.get("variant", variant))
+  state_dict = to_timm_state_dict(params, arch, **model_kwargs)
   # Refuse what timm could not load: the inverse must check out.
   from_timm_state_dict(state_dict, arch, f"params for {arch}", **model_kwargs)
   tmp = f"{path}.tmp"

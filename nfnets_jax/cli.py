@@ -1,0 +1,48 @@
+"""What the command-line tools share: flag parsing, log levels, one-line errors."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from nfnets_jax import checkpointing
+
+# Errors that are the user's to fix: one message, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, checkpointing.CheckpointReadError)
+
+
+def fail(error: BaseException) -> NoReturn:
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with one-line errors for bad flags or config fields."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:
+    # ml_collections reports an unknown override field by its last name only,
+    # as a KeyError whose text is the quoted name and a suggestion.
+    text = e.args[0] if e.args else str(e)
+    name = str(text).split("\n")[0].strip("\"' ")
+    culprits = [arg.split("=")[0] for arg in argv
+                if arg.startswith("--config.") and
+                name in arg.split("=")[0].split(".")]
+    sys.exit(f"error: unknown config field {name!r} in "
+             f"{', '.join(culprits) or 'the --config overrides'}; check the "
+             "field path against the config file (sections are documented "
+             "in nfnets_jax/train_config.py).")
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`absl.app.run(main)`: warnings and errors only from absl logging."""
+  def quiet_main(argv: Sequence[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty.
+    main(argv)
+  app.run(quiet_main, flags_parser=parse_flags)
