@@ -46,6 +46,12 @@ class TrainingDivergedError(RuntimeError):
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
+  try:
+    config.init_from  # pylint: disable=pointless-statement
+  except ml_collections.config_dict.RequiredValueError:
+    raise ConfigError("This config fine-tunes pretrained weights: set "
+                      "--config.init_from to a released file, a timm "
+                      "safetensors file or a training workdir.") from None
   devices = jax.device_count()
   for field in ("train.batch_size", "eval.batch_size"):
     section, name = field.split(".")

@@ -7,6 +7,7 @@ import pytest
 
 from nfnets_jax import models
 from nfnets_jax import optim
+from nfnets_jax import train
 from nfnets_jax import train_config
 from nfnets_jax import train_step as ts
 from nfnets_jax.data import preprocessing
@@ -124,6 +125,7 @@ def test_input_normalisation_is_the_papers():
     ("resnet_imagenet.py", "ResNet50", "ResNet", None),
     ("cifar10.py", None, "NFNet", None),
     ("digits.py", None, "NFNet", None),
+    ("finetune.py", "F1", "NFNet", None),
 ])
 def test_every_config_builds_its_model_optimizer_and_step(
     name, argument, model_name, num_params):
@@ -142,3 +144,15 @@ def test_every_config_builds_its_model_optimizer_and_step(
   assert config.data.eval_split and config.data.train_split
   if model_name == "ResNet":
     assert not config.optimizer.clipping  # BatchNorm baseline: no AGC.
+
+
+def test_finetune_config_needs_weights_and_uses_a_transfer_recipe(tmp_path):
+  config = support.load_config("finetune.py", "F1")
+  paper = support.load_config("nfnet_imagenet.py", "F1")
+  assert config.model.kwargs.variant == "F1"
+  assert (config.data.train_px, config.data.test_px) == (224, 320)
+  assert config.optimizer.lr == paper.optimizer.lr / 10
+  assert config.data.mix_policy == "none" and config.data.randaugment.num_layers == 0
+  with pytest.raises(train.ConfigError, match="set --config.init_from to a released file"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not list(tmp_path.iterdir())
