@@ -1,4 +1,14 @@
 """nfnets_jax: Normalizer-Free networks and Adaptive Gradient Clipping in JAX + Haiku."""
+import os
+
+# TensorFlow only runs tf.data here. Before anything imports it (or jaxlib):
+# no C++ INFO/WARNING lines, and no oneDNN kernels, whose notices ("oneDNN
+# custom operations are on", "supports DT_UINT8 only ... AVX-512") are noise
+# for image preprocessing. Set either variable yourself to override.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+# pylint: disable=wrong-import-position
 from nfnets_jax import optim
 from nfnets_jax.agc import AdaptiveGradClipState, adaptive_grad_clip, clipped_fraction, unitwise_norm
 from nfnets_jax.counting import count_macs, count_params, model_macs, model_param_count

@@ -10,9 +10,11 @@ warning, to the newest checkpoint that reads back intact.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Iterable, NamedTuple, Optional
 
 import jax
@@ -23,6 +25,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from nfnets_jax import agc
+from nfnets_jax import console
 
 # Config sections and fields that may change when a run resumes: they do not
 # affect the training trajectory (logging, checkpoint cadence, evaluation,
@@ -106,6 +109,29 @@ def tree_checksum(tree: Any) -> str:
   return digest.hexdigest()
 
 
+def _ignore_reads_finishing_on_a_closed_loop() -> None:
+  """Drops the `Event loop is closed` errors of a failed restore's other reads.
+
+  When one array of a checkpoint fails to read, orbax closes its event loop
+  while tensorstore is still reading the others; each read that completes
+  then reports `RuntimeError('Event loop is closed')` through
+  `sys.unraisablehook`, hundreds of tracebacks for one damaged checkpoint.
+  The fallback has already said what happened, so those (and only those)
+  are dropped; every other unraisable error still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_loop_reads", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.ignores_closed_loop_reads = True
+  sys.unraisablehook = hook
+
+
 class Restored(NamedTuple):
   """A checkpoint read back: its step, state and stored config (as JSON data)."""
   step: int
@@ -123,16 +149,18 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 3,
                async_save: bool = True, read_only: bool = False):
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=checkpoint_managers.LatestN(max_to_keep),
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=not read_only, read_only=read_only)
     self.directory = os.fspath(directory)
     if "://" not in self.directory:  # Orbax needs local paths absolute.
       self.directory = os.path.abspath(self.directory)
     self._read_only = read_only
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta"))
+    # Read-only, orbax warns that it will not save or create anything.
+    with console.absl_warnings_off() if read_only else contextlib.nullcontext():
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=checkpoint_managers.LatestN(max_to_keep),
+          enable_async_checkpointing=async_save,
+          cleanup_tmp_directories=not read_only, read_only=read_only)
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=("state", "meta"))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -160,6 +188,7 @@ class Checkpointer:
       ConfigMismatchError: the newest readable checkpoint has another config.
       CheckpointReadError: checkpoints exist but none reads back intact.
     """
+    _ignore_reads_finishing_on_a_closed_loop()
     steps = sorted(self._manager.all_steps(), reverse=True)
     for index, step in enumerate(steps):
       try:
@@ -186,8 +215,7 @@ class Checkpointer:
         continue
       # Training restarts from `step` and will save the later steps again.
       for bad_step in steps[:index] if not self._read_only else ():
-        logging.warning("Removing the unreadable checkpoint at step %d.",
-                        bad_step)
+        logging.info("Removing the unreadable checkpoint at step %d.", bad_step)
         self._manager.delete(bad_step)
       return Restored(step, state, meta["config"])
     if steps:

@@ -27,16 +27,21 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {e}")
   except (AttributeError, KeyError) as e:
     # ml_collections reports an unknown override field by its last name only,
-    # as a KeyError whose text is the quoted name and a suggestion.
-    text = e.args[0] if e.args else str(e)
-    name = str(text).split("\n")[0].strip("\"' ")
+    # as an AttributeError wrapping a KeyError whose message is the quoted
+    # name, then a line with a suggestion.
+    message = e
+    while isinstance(message, BaseException) and message.args:
+      message = message.args[0]
+    name, _, suggestion = str(message).partition("\n")
+    name = name.strip("\"' ")
     culprits = [arg.split("=")[0] for arg in argv
                 if arg.startswith("--config.") and
                 name in arg.split("=")[0].split(".")]
     sys.exit(f"error: unknown config field {name!r} in "
-             f"{', '.join(culprits) or 'the --config overrides'}; check the "
-             "field path against the config file (sections are documented "
-             "in nfnets_jax/train_config.py).")
+             f"{', '.join(culprits) or 'the --config overrides'}. "
+             f"{suggestion + ' ' if suggestion else ''}Check the field path "
+             "against the config file (sections are documented in "
+             "nfnets_jax/train_config.py).")
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:

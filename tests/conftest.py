@@ -10,7 +10,6 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow is only used for tf.data: keep it off any accelerator.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 

@@ -30,6 +30,12 @@ def test_short_digits_run_learns_and_logs(short_run):
     assert all(np.isfinite(e[key]) for e in train)
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert support.checkpoint_steps(workdir) == [45, 90]
+  # Only our own lines: no C++ logging from TensorFlow or absl, no TFDS
+  # "Downloading", no traceback (the package sets TensorFlow's log level;
+  # the run's environment does not).
+  for noise in ("oneDNN", "absl::InitializeLog", "I0000", "E0000", "W0000",
+                "Downloading", "Traceback", "dataset_info.json"):
+    assert noise not in output, noise
   summary = output.strip().splitlines()[-1]
   assert summary.startswith("Done: NFNet on digits, 90 steps, test top-1 "
                             f"{evals['raw']['top1']:.2%}")
@@ -41,6 +47,9 @@ def test_bad_requests_fail_with_a_clear_message(short_run, dirs, tmp_path):
   cases = {
       "unknown field": ((tmp_path / "a", "--config.train.no_such_field=1"),
                         "unknown config field 'no_such_field'"),
+      "misspelt field": ((tmp_path / "b", "--config.train.batch_sise=32"),
+                         "error: unknown config field 'batch_sise' in "
+                         "--config.train.batch_sise. Did you mean \"batch_size\""),
       "other config": ((trained_workdir, *SHORT_RUN,
                         "--config.train.label_smoothing=0.2"),
                        "train.label_smoothing: checkpoint has 0.1, this run "

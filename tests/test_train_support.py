@@ -80,11 +80,13 @@ def subprocess_env(num_devices: int, cache_dir: str) -> dict[str, str]:
   Unoptimised XLA code compiles several times faster and these runs are
   short; the persistent cache lets the runs of a test share compilations.
   """
-  env = dict(os.environ)
+  # TensorFlow's logging: the package's own defaults, as users get them.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
   env.update(
       XLA_FLAGS=(f"--xla_force_host_platform_device_count={num_devices} "
                  "--xla_backend_optimization_level=0"),
-      JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+      JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
       JAX_COMPILATION_CACHE_DIR=cache_dir,
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       PYTHONPATH=str(REPO))

@@ -4,10 +4,8 @@
     info = nfnets_jax.data.dataset_info(config)
     batches = nfnets_jax.data.train_iterator(config, global_batch_size=256, seed=0)
 """
-import os
-
-# TensorFlow only runs tf.data here: quiet, and off the accelerators JAX uses.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow only runs tf.data here: off the accelerators JAX uses (its log
+# level is set by nfnets_jax/__init__.py, before TensorFlow is imported).
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 

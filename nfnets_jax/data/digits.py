@@ -8,13 +8,19 @@ Each example keeps `index`, its row in `sklearn.datasets.load_digits()`.
 The pipeline builds it on first use; to build it ahead (a few seconds):
     python -m nfnets_jax.data --data_dir ~/tensorflow_datasets --image_size 32
 """
+import contextlib
 import dataclasses
+import io
+import sys
+
 
 import numpy as np
 from PIL import Image
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 import tensorflow_datasets as tfds
+
+from nfnets_jax import console
 
 NUM_TEST = 360
 SPLIT_SEED = 0
@@ -93,9 +99,13 @@ def prepared_builder(data_dir: str | None, image_size: int) -> Digits:
   # about other new ones.
   config = name if name in Digits.builder_configs else DigitsConfig(
       name=name, image_size=image_size)
-  builder = Digits(data_dir=data_dir, config=config)
-  if not builder.is_prepared():
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  # TFDS would say it is "Downloading" and warn that the not-yet-built
+  # version folder has no dataset_info.json: neither is true news here.
+  with console.absl_warnings_off(), contextlib.redirect_stdout(io.StringIO()):
+    builder = Digits(data_dir=data_dir, config=config)
+    if not builder.is_prepared():
+      print(f"Building the digits dataset ({name}) in {builder.data_dir}: once, "
+            "from scikit-learn's copy, no download.", file=sys.stderr, flush=True)
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
-
