@@ -75,7 +75,8 @@ case "${1:-}" in
     exec "$PY" -m pytest tests "$@" ;;
   accelerator)
     accelerator=$(detect_accelerator)
-    echo "$accelerator $(accelerator_requirement "$accelerator")" ;;
+    requirement=$(accelerator_requirement "$accelerator")
+    echo "$accelerator $requirement" ;;
   "")
     setup
     exec "$PY" -m nfnets_jax.train --config=experiments/digits.py --workdir=workdirs/digits ;;

@@ -45,7 +45,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`absl.app.run(main)`: warnings and errors only from absl logging."""
+  """`absl.app.run(main)`: warnings and errors only from absl logging.
+
+  `--help` lists the flags of `main`'s module also when it runs as a console
+  script (absl lists those of the main program's file only).
+  """
+  module = sys.modules[main.__module__]
+  for flag in flags.FLAGS.get_flags_for_module(module):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
   def quiet_main(argv: Sequence[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty.

@@ -62,8 +62,11 @@ def test_wheel_metadata(wheel):
     metadata = archive.read(f"{info}/METADATA").decode()
     entry_points = archive.read(f"{info}/entry_points.txt").decode()
     files = archive.namelist()
-  requires = [l for l in metadata.splitlines() if l.startswith("Requires-Dist:")]
-  assert requires and not any("==" in l for l in requires)
+  requires = [Requirement(l.split(":", 1)[1]) for l in metadata.splitlines()
+              if l.startswith("Requires-Dist:")]
+  assert requires
+  for requirement in requires:  # Ranges only (markers may say ==).
+    assert "==" not in str(requirement.specifier), requirement
   for extra in ("cuda12", "cuda13", "tpu"):
     assert f"Provides-Extra: {extra}" in metadata
     assert f'Requires-Dist: jax[{extra}]' in metadata
@@ -92,8 +95,10 @@ def test_installed_package_works_from_another_directory(wheel, tmp_path):
   result = subprocess.run([str(target / "bin" / "nfnets-train"), f"--config={config}",
                            "--help"], cwd=elsewhere, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stderr
-  assert "--workdir" in result.stdout and "--config" in result.stdout
+  # absl's --help exits 1 after printing the tool's flags.
+  assert result.returncode in (0, 1), result.stderr
+  assert "--workdir: Directory for checkpoints" in result.stdout, result.stdout
+  assert "--config: Experiment config file" in result.stdout
 
 
 def _run_sh_accelerator(tmp_path, nvidia_smi=None, **env):
