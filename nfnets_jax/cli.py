@@ -44,15 +44,29 @@ def parse_flags(argv: list[str]) -> list[str]:
              "nfnets_jax/train_config.py).")
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`absl.app.run(main)`: warnings and errors only from absl logging.
+def define_checkpoint_flags() -> None:
+  """--checkpoint and --weights, as every tool that reads weights takes them."""
+  flags.DEFINE_string(
+      "checkpoint", None, "A training workdir (or its checkpoints/ folder), one "
+      "of the authors' released checkpoint files (F0_haiku.npz ...), or a timm "
+      "safetensors file or Hugging Face cache folder.")
+  flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
+                    "Workdirs only: the EMA or the raw weights.")
 
-  `--help` lists the flags of `main`'s module also when it runs as a console
-  script (absl lists those of the main program's file only).
+
+def run(main: Callable[[Sequence[str]], None], define_flags: Callable[[], None],
+        required: Sequence[str]) -> None:
+  """Defines the tool's flags, then `absl.app.run(main)` with quiet logging.
+
+  Warnings and errors only from absl logging. `--help` lists the tool's flags
+  also when it runs as a console script (absl lists those of the main
+  program's file only).
   """
-  module = sys.modules[main.__module__]
-  for flag in flags.FLAGS.get_flags_for_module(module):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  define_flags()
+  flags.mark_flags_as_required(list(required))
+  for module in (sys.modules[main.__module__], sys.modules[__name__]):
+    for flag in flags.FLAGS.get_flags_for_module(module):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
   def quiet_main(argv: Sequence[str]) -> None:
     if not flags.FLAGS["verbosity"].present:

@@ -94,19 +94,13 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Experiment config file, `path[:argument]`, for the data "
       "and evaluation settings; default: the workdir's own config.")
-  flags.DEFINE_string(
-      "checkpoint", None, "A training workdir, a released checkpoint file "
-      "(F0_haiku.npz ...) or a timm safetensors file or Hugging Face cache folder.")
-  flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
-      "Workdirs only: the EMA or the raw weights.")
+  cli.define_checkpoint_flags()
   flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
 def run() -> None:
   """Console-script entry point (`nfnets-evaluate`)."""
-  _define_flags()
-  flags.mark_flags_as_required(["checkpoint"])
-  cli.run(main)
+  cli.run(main, _define_flags, ["checkpoint"])
 
 
 if __name__ == "__main__":

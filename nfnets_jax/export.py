@@ -27,7 +27,6 @@ from nfnets_jax.pretrained import timm
 from nfnets_jax.pretrained import weights as pretrained_weights
 
 
-
 def export(checkpoint: str, out: str, output_format: str, weights: str = "ema",
            arch: str | None = None) -> str:
   """Writes `checkpoint`'s weights to `out`; returns a line saying what was written."""
@@ -53,11 +52,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string(
-      "checkpoint", None, "A training workdir, a released checkpoint file or a "
-      "timm safetensors file or Hugging Face cache folder.")
-  flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
-      "Workdirs only: the EMA or the raw weights.")
+  cli.define_checkpoint_flags()
   flags.DEFINE_enum("format", None, ["released", "timm"], "Output format.")
   flags.DEFINE_string("out", None, "Output file.")
   flags.DEFINE_string(
@@ -67,9 +62,7 @@ def _define_flags() -> None:
 
 def run() -> None:
   """Console-script entry point (`nfnets-export`)."""
-  _define_flags()
-  flags.mark_flags_as_required(["checkpoint", "format", "out"])
-  cli.run(main)
+  cli.run(main, _define_flags, ["checkpoint", "format", "out"])
 
 
 if __name__ == "__main__":

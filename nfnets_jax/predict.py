@@ -134,23 +134,16 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string(
-      "checkpoint", None, "A training workdir (or its checkpoints/ folder), "
-      "one of the authors' released checkpoint files (e.g. F0_haiku.npz), or a "
-      "timm safetensors file or Hugging Face cache folder.")
+  cli.define_checkpoint_flags()
   flags.DEFINE_string(
       "variant", None, "Released and timm checkpoints only: the variant the file must "
       "hold ('F0' ... 'F7+', 'ResNet50', ...); default: whatever it holds.")
-  flags.DEFINE_enum(
-      "weights", "ema", ["ema", "raw"], "Workdirs only: the EMA or raw weights.")
   flags.DEFINE_integer("top_k", 5, "Number of classes to print.")
 
 
 def run() -> None:
   """Console-script entry point (`nfnets-predict`)."""
-  _define_flags()
-  flags.mark_flags_as_required(["checkpoint"])
-  cli.run(main)
+  cli.run(main, _define_flags, ["checkpoint"])
 
 
 if __name__ == "__main__":

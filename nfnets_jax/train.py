@@ -285,9 +285,7 @@ def _define_flags() -> None:
 
 def run() -> None:
   """Console-script entry point (`nfnets-train`)."""
-  _define_flags()
-  flags.mark_flags_as_required(["config", "workdir"])
-  cli.run(main)
+  cli.run(main, _define_flags, ["config", "workdir"])
 
 
 if __name__ == "__main__":
