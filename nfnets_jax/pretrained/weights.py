@@ -170,13 +170,13 @@ def merge_for_finetuning(initial: Mapping[str, Mapping[str, Any]],
       other shapes, and how to skip it.
   """
   skipped = lambda module: any(fnmatch.fnmatchcase(module, p) for p in skip)
+  shapes = lambda tree: {n: np.shape(a) for n, a in tree.items()}
   classifier = classifier_module(initial)
   merged: Params = {}
   report = MergeReport([], [], [])
   problems = []
   for module, names in initial.items():
     source = loaded.get(module)
-    shapes = lambda tree: {n: np.shape(a) for n, a in tree.items()}
     if skipped(module):
       report.skipped.append(module)
       merged[module] = dict(names)
