@@ -256,6 +256,13 @@ def load_official_checkpoint(path: str | os.PathLike, variant: str | None = None
       than `variant` (the message names the one it looks like), or its module
       paths or shapes differ from the model's (named, with both shapes).
   """
+  _, _, params = read_official_checkpoint(path, variant, **model_kwargs)
+  return jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def read_official_checkpoint(path: str | os.PathLike, variant: str | None = None,
+                             **model_kwargs: Any) -> tuple[str, str, Params]:
+  """`load_official_checkpoint`'s checks, returning (model, variant, host params)."""
   params = read_param_pickle(path)
   model, found = model_and_variant(params, variant, bool(model_kwargs), path)
   top = next(iter(params)).split("/")[0]
@@ -264,7 +271,7 @@ def load_official_checkpoint(path: str | os.PathLike, variant: str | None = None
     raise CheckpointError(f"{path} has no classifier weight at {top}/~/linear 'w'.")
   check_shapes(params, expected_shapes(model, found, classifier.shape[1],
                                        **model_kwargs), f"{path}", f"{model} {found}")
-  return jax.tree_util.tree_map(jnp.asarray, params)
+  return model, found, params
 
 
 def model_and_variant(params: Params, variant: str | None, custom: bool,

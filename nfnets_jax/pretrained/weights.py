@@ -11,7 +11,6 @@ import fnmatch
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -124,8 +123,7 @@ def load_weights(path: str | os.PathLike, *, weights: str = "ema",
       raise CheckpointError(f"{path} holds timm's {found_arch}, not variant {variant!r}.")
     return Weights("timm", spec.model, {**spec.kwargs, **kwargs}, num_classes(params),
                    params, {}, None, f"timm {found_arch} file {path}")
-  params = jax.device_get(released.load_official_checkpoint(path, variant, **kwargs))
-  model, found = released.model_and_variant(params, variant, bool(kwargs), path)
+  model, found, params = released.read_official_checkpoint(path, variant, **kwargs)
   return Weights("released", model, {"variant": found, **kwargs}, num_classes(params),
                  params, {}, None, f"released {model} {found} file {path}")
 
