@@ -8,7 +8,9 @@ the learning rate scaled linearly with the batch (`base_lr * batch / 256`),
 as in the paper:
   NF-ResNet without clipping,
   NF-ResNet with AGC at each lambda in `clippings`,
-  BN-ResNet (the batch-normalised baseline, no clipping).
+  BN-ResNet (the batch-normalised baseline, no clipping),
+  each of `baselines`: the release's unnormalised baselines, SkipInit-ResNet
+  and Fixup-ResNet (no clipping).
 Each run uses the training system's own pieces (model, optimizer chain, train
 and eval steps, input pipeline); a run whose loss or gradient norm becomes
 non-finite is stopped and counted as diverged. Writes `agc_ablation.csv`,
@@ -59,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
       resolution=16,  # Digits upscaled from 8x8.
       batch_sizes=(32, 128, 512),
       clippings=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64),
+      baselines=("SkipInitResNet", "FixupResNet"),
       epochs=30.0,
       warmup_epochs=2.0,
       base_lr=0.2,  # Per 256 examples: peak lr = base_lr * batch / 256.
@@ -71,14 +74,20 @@ def get_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class Method:
   label: str
-  model: str  # 'NFResNet' or 'ResNet'
+  model: str  # 'NFResNet', 'ResNet' or a key of BASELINES
   clipping: float  # AGC lambda; 0 = no clipping
 
 
-def methods(clippings: Sequence[float]) -> list[Method]:
+# Unnormalised baselines: model -> (label, plot colour).
+BASELINES = {"SkipInitResNet": ("SkipInit-ResNet", "tab:orange"),
+             "FixupResNet": ("Fixup-ResNet", "tab:brown")}
+
+
+def methods(clippings: Sequence[float], baselines: Sequence[str] = ()) -> list[Method]:
   return ([Method("NF-ResNet, no clipping", "NFResNet", 0.0)]
           + [Method(f"NF-ResNet, AGC {c:g}", "NFResNet", c) for c in clippings]
-          + [Method("BN-ResNet", "ResNet", 0.0)])
+          + [Method("BN-ResNet", "ResNet", 0.0)]
+          + [Method(BASELINES[b][0], b, 0.0) for b in baselines])
 
 
 def run_config(config: ml_collections.ConfigDict, method: Method,
@@ -160,7 +169,7 @@ def run_ablation(config: ml_collections.ConfigDict, out_dir: pathlib.Path,
   forwards: dict[str, Any] = {}
   num_classes = None
   for batch_size in config.batch_sizes:
-    for method in methods(config.clippings):
+    for method in methods(config.clippings, config.baselines):
       run = run_config(config, method, batch_size)
       if method.model not in forwards:
         num_classes = num_classes or data.dataset_info(run.data).num_classes
@@ -233,9 +242,10 @@ def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
   for label in dict.fromkeys(r["method"] for r in rows):
     method_rows = [r for r in rows if r["method"] == label]
     clipping = method_rows[0]["clipping"]
+    model = method_rows[0]["model"]
+    unclipped = {"ResNet": "black", "NFResNet": "red"}.get(model) or BASELINES[model][1]
     style = (dict(color=agc_colours[clippings.index(clipping)]) if clipping
-             else dict(color="black" if method_rows[0]["model"] == "ResNet" else "red",
-                       linestyle="--"))
+             else dict(color=unclipped, linestyle="--"))
     draw(left, [(r["batch_size"], accuracy(r), r["diverged"]) for r in method_rows],
          label=label, **style)
   left.set_xlabel("batch size (learning rate scaled with it)")

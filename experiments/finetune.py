@@ -19,7 +19,7 @@ variant's train and test resolutions.
 """
 from ml_collections.config_dict import placeholder
 
-from nfnets_jax import nfnet
+from nfnets_jax.models import nfnet
 from nfnets_jax import train_config
 
 

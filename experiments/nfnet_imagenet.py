@@ -6,13 +6,13 @@ The config argument is the variant (default F0):
 
 Every number of the paper's ImageNet recipe is set here explicitly (the
 variant's resolutions, dropout and RandAugment levels come from the variant
-table in `nfnets_jax.nfnet`); tests/test_configs.py checks them against the
+table in `nfnets_jax.models.nfnet`); tests/test_configs.py checks them against the
 paper.
 """
 from ml_collections.config_dict import placeholder
 
 from nfnets_jax import data
-from nfnets_jax import nfnet
+from nfnets_jax.models import nfnet
 from nfnets_jax import train_config
 
 

@@ -5,13 +5,17 @@ r"""Signal propagation plots at initialisation (Brock, De, Smith, ICLR 2021, Fig
 For each residual block of a ResNet-50 (stage depths 3, 4, 6, 3) fed N(0, 1)
 images at 224 px: the average channel squared mean and average channel
 variance of the block's output, and the average channel variance of its
-residual branch (before skip_gain and alpha). Three networks:
+residual branch (before skip_gain and alpha). Five networks:
   BN-ResNet-50          batch-normalised baseline, in training mode (batch
                         statistics, as at the first step of training);
   NF-ResNet-50, no WS   plain convolutions: relu's positive mean compounds;
-  NF-ResNet-50          Scaled Weight Standardisation removes the mean shift.
-NF-ResNets get skip_gain = 1 (instead of 0) so that every residual branch
-contributes, and no stochastic depth. At 224 px the last stage is 7x7; much
+  NF-ResNet-50          Scaled Weight Standardisation removes the mean shift;
+  SkipInit-ResNet-50    the unnormalised baseline without alpha, beta or WS:
+                        the variance grows with every block;
+  Fixup-ResNet-50       zero-initialised branches: every block starts as the
+                        identity (post-activation), the variance stays flat.
+NF-ResNets and SkipInit get skip_gain = 1 (instead of 0) so that every
+residual branch contributes, and no network has stochastic depth. At 224 px the last stage is 7x7; much
 smaller inputs bias its statistics low through the zero padding.
 
 Writes `signal_propagation.csv` (one row per network and block; block 0 is the
@@ -32,7 +36,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from nfnets_jax import models
-from nfnets_jax.nfresnet import RESNET_DEPTHS
+from nfnets_jax.models.nfresnet import RESNET_DEPTHS
 
 DEPTHS = RESNET_DEPTHS["ResNet50"]
 NETWORKS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -40,6 +44,8 @@ NETWORKS: dict[str, tuple[str, dict[str, Any]]] = {
     "NF-ResNet-50, no WS": ("NFResNet", dict(skipinit_gain=jnp.ones, stochdepth_rate=0.0,
                                              weight_standardization=False)),
     "NF-ResNet-50": ("NFResNet", dict(skipinit_gain=jnp.ones, stochdepth_rate=0.0)),
+    "SkipInit-ResNet-50": ("SkipInitResNet", dict(skipinit_gain=jnp.ones, stochdepth_rate=0.0)),
+    "Fixup-ResNet-50": ("FixupResNet", dict(stochdepth_rate=0.0)),
 }
 METRICS = ("avg_sq_mean", "avg_var", "res_avg_var")
 TITLES = ("Average channel squared mean", "Average channel variance",

@@ -31,16 +31,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nfnets_jax import counting
+from nfnets_jax.models import counting
 from nfnets_jax import data
-from nfnets_jax import layers
+from nfnets_jax.models import layers
 from nfnets_jax import models
 from nfnets_jax import optim
 from nfnets_jax import train_config
 from nfnets_jax import train_step as ts
 from nfnets_jax.data import throughput
 
-DEFAULT_VARIANTS = {"NFNet": "F0", "NFResNet": "ResNet50", "ResNet": "ResNet50"}
+# A model's variant when --variant is not given (timm's names have theirs).
+DEFAULT_VARIANTS = {"NFNet": "F0", "NFResNet": "ResNet50", "NFRegNet": "B0",
+                    "ResNet": "ResNet50", "SkipInitResNet": "ResNet50",
+                    "FixupResNet": "ResNet50"}
 # Forward plus backward costs about three forward passes (the backward pass
 # computes gradients with respect to both activations and weights).
 FORWARD_BACKWARD_FACTOR = 3
@@ -198,7 +201,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict,
     num_classes = data.dataset_info(config.data).num_classes
   else:
     model = args.model or "NFNet"
-    config = train_config.base_config(model, {"variant": DEFAULT_VARIANTS[model]})
+    models.resolve(model)  # An unknown name fails here, naming the known ones.
+    config = train_config.base_config(
+        model, {"variant": DEFAULT_VARIANTS[model]} if model in DEFAULT_VARIANTS else {})
     config.data.train_px = 128
     config.train.batch_size = 8 * devices
     num_classes = args.num_classes
@@ -214,9 +219,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict,
                      f"'{{\"width\": 0.5}}', got {args.model_kwargs!r}.")
   kwargs.update(extra)
   if args.grouped_conv != "auto" or args.compare_grouped_conv:
-    if config.model.name != "NFNet":
-      raise ValueError("--grouped_conv and --compare_grouped_conv apply to NFNet "
-                       f"(grouped 3x3 convs), not {config.model.name}.")
+    if models.resolve(config.model.name)[0] not in (models.NFNet, models.NFRegNet):
+      raise ValueError("--grouped_conv and --compare_grouped_conv apply to NFNets and "
+                       f"NF-RegNets (grouped 3x3 convs), not {config.model.name}.")
     kwargs["grouped_conv"] = args.grouped_conv
   config.model.kwargs = kwargs
   if args.resolution:
@@ -368,9 +373,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument("--config", help="Experiment config file (path[:arg]); the model, "
                       "batch, resolution, optimizer and data come from it unless "
                       "flags override them.")
-  parser.add_argument("--model", choices=sorted(DEFAULT_VARIANTS),
-                      help="Model (default NFNet).")
-  parser.add_argument("--variant", help="NFNet 'F0'...'F7+' or ResNet 'ResNet50'...")
+  parser.add_argument("--model", choices=sorted(DEFAULT_VARIANTS) + sorted(models.TIMM_MODELS),
+                      help="Model, ours or timm's name (default NFNet).")
+  parser.add_argument("--variant", help="NFNet 'F0'...'F7+', NF-RegNet 'B0'...'B8' or "
+                      "ResNet 'ResNet50'...")
   parser.add_argument("--model_kwargs", default="{}",
                       help="JSON dict of further constructor kwargs.")
   parser.add_argument("--num_classes", type=int, default=1000,

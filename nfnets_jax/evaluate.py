@@ -14,7 +14,6 @@ constructor arguments apply when it names the model the file holds.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Optional, Sequence
 
 from absl import app

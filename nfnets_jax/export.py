@@ -31,12 +31,15 @@ def export(checkpoint: str, out: str, output_format: str, weights: str = "ema",
            arch: str | None = None) -> str:
   """Writes `checkpoint`'s weights to `out`; returns a line saying what was written."""
   loaded = pretrained_weights.load_weights(checkpoint, weights=weights)
-  if loaded.model not in ("NFNet", "NFResNet"):
-    raise ValueError(f"{loaded.description} is a {loaded.model}; only NF networks "
-                     "(NFNet, NFResNet) have released and timm formats.")
+  if loaded.model_state:
+    raise ValueError(f"{loaded.description} is a {loaded.model} with BatchNorm "
+                     "statistics; only normaliser-free networks have released and "
+                     "timm formats.")
   if output_format == "released":
     released.save_official_checkpoint(loaded.params, out)
     return f"Wrote {out}: {loaded.description} in the released format."
+  if arch is None and loaded.model in timm.TIMM_ARCHS:  # A run of a timm name.
+    arch = loaded.model
   written = timm.export_timm(loaded.params, out, arch, **loaded.model_kwargs)
   return f"Wrote {out}: {loaded.description} as timm's {written}."
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from nfnets_jax import cli
 from nfnets_jax import models
-from nfnets_jax import nfnet
+from nfnets_jax.models import nfnet
 from nfnets_jax.data import pipeline
 from nfnets_jax.data import preprocessing
 from nfnets_jax.imagenet_classes import CLASS_NAMES as IMAGENET_CLASS_NAMES

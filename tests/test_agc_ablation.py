@@ -27,7 +27,8 @@ def outputs(tmp_path_factory):
 def test_one_row_per_method_with_the_scaled_learning_rate(outputs):
   rows, out_dir = outputs
   assert [r["method"] for r in rows] == [
-      "NF-ResNet, no clipping", "NF-ResNet, AGC 0.01", "BN-ResNet"]
+      "NF-ResNet, no clipping", "NF-ResNet, AGC 0.01", "BN-ResNet", "SkipInit-ResNet",
+      "Fixup-ResNet"]
   num_train = len(datasets.load_digits().target) - 360  # The digits test split.
   for row in rows:
     assert row["batch_size"] == BATCH
@@ -39,7 +40,7 @@ def test_one_row_per_method_with_the_scaled_learning_rate(outputs):
 
 
 def test_agc_prevents_the_divergence_of_the_unclipped_nf_resnet(outputs):
-  no_clip, agc, bn = outputs[0]
+  no_clip, agc, bn = outputs[0][:3]
   assert no_clip["diverged"] and math.isnan(no_clip["test_top1"])
   for row in (agc, bn):
     assert not row["diverged"] and row["steps_run"] == row["steps"]
@@ -64,10 +65,12 @@ def _skip_gain_bound(lr: float, clipping: float, eps: float, steps: int,
 
 
 def test_agc_caps_the_growth_of_the_zero_initialised_skip_gains(outputs):
-  no_clip, agc, bn = outputs[0]
+  no_clip, agc, bn, skipinit, fixup = outputs[0]
   bound = _skip_gain_bound(BASE_LR * BATCH / 256, 0.01, 1e-3, agc["steps"])
   assert 0 < agc["max_abs_skip_gain"] <= bound
-  assert math.isnan(bn["max_abs_skip_gain"])  # The BN-ResNet has no skip gains.
+  # The BN-ResNet and Fixup have no skip gains; SkipInit's moved off 0.
+  assert math.isnan(bn["max_abs_skip_gain"]) and math.isnan(fixup["max_abs_skip_gain"])
+  assert skipinit["diverged"] or skipinit["max_abs_skip_gain"] > 0
 
 
 def test_report_and_plot(outputs):

@@ -119,8 +119,43 @@ def test_input_normalisation_is_the_papers():
                              np.array([0.229, 0.224, 0.225]) * 255)
 
 
+# PRETRAINED.md and the release's experiment_nf_regnets.py: variant ->
+# (train px, test px, dropout, weight decay).
+RELEASE_REGNETS = {"B0": (192, 224, 0.2, 5e-5), "B1": (224, 256, 0.2, 6e-5),
+                   "B2": (240, 272, 0.3, 7e-5), "B5": (384, 456, 0.4, 1e-4),
+                   "B8": (600, 672, 0.5, 1.3e-4)}
+RELEASE_REGNET_RECIPE = {
+    "model.name": "NFRegNet", "model.kwargs.width": 0.75, "model.kwargs.expansion": 2.25,
+    "model.kwargs.se_ratio": 0.5, "model.kwargs.alpha": 0.2,
+    "model.kwargs.stochdepth_rate": 0.1, "model.kwargs.activation": "silu",
+    "train.batch_size": 1024, "train.num_epochs": 360, "train.label_smoothing": 0.1,
+    "optimizer.lr": 0.4, "optimizer.lr_scale_by_batch": False, "optimizer.nesterov": True,
+    "optimizer.momentum": 0.9, "optimizer.clipping": 0.0, "optimizer.ema_decay": 0.99999,
+    "data.mix_policy": "half", "data.randaugment.num_layers": 0,
+}
+
+
+@pytest.mark.parametrize("variant", sorted(RELEASE_REGNETS))
+def test_nfregnet_config_is_the_releases(variant):
+  config = support.load_config("nfregnet_imagenet.py", variant)
+  train_px, test_px, dropout, weight_decay = RELEASE_REGNETS[variant]
+  assert (config.data.train_px, config.data.test_px) == (train_px, test_px)
+  assert config.model.kwargs.drop_rate == dropout
+  assert config.optimizer.weight_decay == pytest.approx(weight_decay)
+  for path, value in RELEASE_REGNET_RECIPE.items():
+    assert _get(config, path) == value, path
+  # The release's WarmupCosineDecay: 0 -> 0.4 over 5 epochs, then down to 0.001.
+  steps_per_epoch = round(IMAGENET_TRAIN_EXAMPLES / 1024)
+  total = 360 * steps_per_epoch
+  _, schedule = optim.build_optimizer(config.optimizer, batch_size=1024, total_steps=total,
+                                      steps_per_epoch=steps_per_epoch)
+  np.testing.assert_allclose([schedule(0), schedule(5 * steps_per_epoch), schedule(total)],
+                             [0.0, 0.4, 0.001], rtol=1e-5)
+
+
 @pytest.mark.parametrize("name, argument, model_name, num_params", [
     ("nfnet_imagenet.py", "F0", "NFNet", 71_489_284),
+    ("nfregnet_imagenet.py", "B0", "NFRegNet", 8_595_372),
     ("nfresnet_imagenet.py", "ResNet50", "NFResNet", 25_557_048),
     ("resnet_imagenet.py", "ResNet50", "ResNet", None),
     ("cifar10.py", None, "NFNet", None),

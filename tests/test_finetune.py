@@ -79,7 +79,7 @@ def test_export_round_trips_and_refuses_what_it_cannot_write(short_run, exported
                                           arch="dm_nfnet_f0")
   jax.tree.map(np.testing.assert_array_equal, again.params, loaded.params)
   # Its (1, 1, 1, 1) blocks per stage are no timm architecture's: say which.
-  with pytest.raises(released.CheckpointError, match=r"Blocks per stage \[1, 1, 1, 1\] match no"):
+  with pytest.raises(released.CheckpointError, match=r"Blocks per stage \[1, 1, 1, 1\] and keys match no"):
     pretrained_weights.load_weights(str(out), model_kwargs=loaded.model_kwargs)
   with pytest.raises(released.CheckpointError, match="timm has no counterpart of NFNet F7"):
     timm.arch_of("NFNet", "F7")

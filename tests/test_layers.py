@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnets_jax import layers
+from nfnets_jax.models import layers
 
 
 def test_exact_gamma_relu_matches_closed_form():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import nfnets_jax
-from nfnets_jax import counting, layers, models
-from nfnets_jax.nfnet import variant_spec
+from nfnets_jax import models
+from nfnets_jax.models import counting, layers
+from nfnets_jax.models.nfnet import variant_spec
 
 REFERENCE = json.loads(
     (pathlib.Path(__file__).parent / "data" / "official_param_shapes.json").read_text())

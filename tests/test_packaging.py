@@ -1,6 +1,5 @@
 """The package as others install it: wheel metadata, a clean install, run.sh's set-up."""
 import os
-import pathlib
 import shutil
 import subprocess
 import sys

@@ -8,7 +8,6 @@ import re
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -123,6 +122,24 @@ def test_nfnet_variants_are_told_apart():
   for variant in ("F0", "F1", "F0+"):
     _, params, _, _ = models.abstract_init("NFNet", 1000, variant=variant)
     assert released.infer_variant(params) == ("NFNet", variant)
+
+
+def test_the_releases_other_networks_are_told_apart_and_round_trip(tmp_path):
+  for name, variant in [("NFRegNet", "B0"), ("NFRegNet", "B3"),
+                        ("SkipInitResNet", "ResNet50"), ("FixupResNet", "ResNet101")]:
+    _, params, _, _ = models.abstract_init(name, 1000, variant=variant, **(
+        {"grouped_conv": "xla"} if name == "NFRegNet" else {}))
+    assert released.infer_variant(params) == (name, variant)
+  # The release's own NF_RegNet-B0 tree (tests/data/release_models/), saved in
+  # the released format and read back exactly.
+  shapes = json.loads((pathlib.Path(__file__).parent / "data" / "release_models" /
+                       "release_trees.json").read_text())["NF-RegNet-B0"]
+  rng = np.random.default_rng(0)
+  tree = {m: {n: rng.standard_normal(s).astype(np.float32) for n, s in v.items()}
+          for m, v in shapes.items()}
+  released.save_official_checkpoint(tree, tmp_path / "b0.npz")
+  loaded = released.load_official_checkpoint(tmp_path / "b0.npz", variant="B0")
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), tree)
 
 
 # Files written as the authors' were: dill 0.3.3 (and 0.3.6) in a scratch

@@ -1,7 +1,7 @@
 """The `config.data` section: every field of the input pipeline, documented."""
 import ml_collections
 
-from nfnets_jax import nfnet
+from nfnets_jax.models import nfnet
 
 # Names handled by this package; any other name is looked up in TFDS.
 BUILTIN_DATASETS = ("digits", "fake", "image_folder")
@@ -90,7 +90,7 @@ def imagenet_config(variant: str = "F0") -> ml_collections.ConfigDict:
 
   Args:
     variant: NFNet variant whose train/test resolution and RandAugment levels
-      to use (`nfnets_jax.nfnet.NFNET_VARIANTS`).
+      to use (`nfnets_jax.models.NFNET_VARIANTS`).
 
   Returns:
     `default_config()` with name 'imagenet2012', the paper's crop, flip,

@@ -31,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfnets_jax import models
-from nfnets_jax.nfnet import NFNET_VARIANTS
-from nfnets_jax.nfresnet import RESNET_DEPTHS
+from nfnets_jax.models import NFNET_VARIANTS, NFREGNET_VARIANTS, RESNET_DEPTHS
 
 Params = dict[str, dict[str, Any]]
 
@@ -68,7 +67,9 @@ _HAIKU_CONTAINERS = frozenset(
     for module in ("haiku._src.data_structures", "haiku.data_structures")
     for name in ("FlatMapping", "FlatMap", "frozendict"))
 _DILL_MODULES = ("dill._dill", "dill.dill")  # dill 0.3.x and 0.2.x
-_TOP_MODULES = {"NFNet": "NFNet", "NF_ResNet": "NFResNet"}
+# The release's top-level module names -> our model names.
+_TOP_MODULES = {"NFNet": "NFNet", "NF_ResNet": "NFResNet", "NF_RegNet": "NFRegNet",
+                "SkipInit_ResNet": "SkipInitResNet", "FixUp_ResNet": "FixupResNet"}
 
 
 class CheckpointError(ValueError):
@@ -203,8 +204,8 @@ def save_official_checkpoint(params: Mapping[str, Mapping[str, Any]],
 def infer_variant(params: Mapping[str, Any]) -> tuple[str, str]:
   """(model name, variant) that a released parameter dict looks like.
 
-  NFNets are told apart by their number of blocks and final width, NF-ResNets
-  by their number of blocks.
+  NFNets are told apart by their number of blocks and final width, the
+  other networks by their number of blocks.
   """
   tops = {path.split("/")[0] for path in params}
   if len(tops) != 1 or next(iter(tops)) not in _TOP_MODULES:
@@ -212,13 +213,16 @@ def infer_variant(params: Mapping[str, Any]) -> tuple[str, str]:
         f"Top-level modules {sorted(tops)} match no known model; expected "
         f"one of {sorted(_TOP_MODULES)}.")
   top = next(iter(tops))
+  model = _TOP_MODULES[top]
   num_blocks = len({m.group(0) for m in
-                    (re.match(rf"{top}/~/nf_(res_)?block(_\d+)?", p) for p in params) if m})
-  if top == "NF_ResNet":
-    matches = [v for v, d in RESNET_DEPTHS.items() if sum(d) == num_blocks]
+                    (re.match(rf"{top}/~/(nf_)?(res_)?block(_\d+)?", p) for p in params) if m})
+  if model != "NFNet":
+    depths = NFREGNET_VARIANTS if model == "NFRegNet" else RESNET_DEPTHS
+    matches = [v for v, d in depths.items()
+               if sum(d["depths"] if model == "NFRegNet" else d) == num_blocks]
     if not matches:
-      raise CheckpointError(f"No NF-ResNet variant has {num_blocks} blocks.")
-    return "NFResNet", matches[0]
+      raise CheckpointError(f"No {model} variant has {num_blocks} blocks.")
+    return model, matches[0]
   final_width = params.get(f"{top}/~/final_conv", {}).get("bias")
   final_width = None if final_width is None else final_width.shape[0]
   for variant, spec in NFNET_VARIANTS.items():

@@ -1,17 +1,20 @@
 """timm's state dicts in safetensors form, both ways, without torch.
 
 timm (PyTorch Image Models) hosts the authors' NFNet weights as
-`timm/dm_nfnet_f0.dm_in1k` ... `dm_nfnet_f6` on the Hugging Face hub, as
-`model.safetensors`. A converter is a table per architecture: which of our
-models and constructor arguments it is, and how each of our module paths is
-named in timm (`TIMM_ARCHS`, `_NFNET_MODULES`). Layouts follow from the kind
-of module: convolutions HWIO <-> OIHW with gains (C,) <-> (C, 1, 1, 1),
-linears IO <-> OI, and linears that timm implements as 1x1 convolutions
-(Squeeze-Excite) IO <-> OI11.
+`timm/dm_nfnet_f0.dm_in1k` ... `dm_nfnet_f6`, and its own NF models'
+(`eca_nfnet_l0`, `nfnet_l0`, `nf_regnet_b1`, `nf_resnet50`, ...), on the
+Hugging Face hub as `model.safetensors`. A converter is a table per
+architecture: which of our models and constructor arguments it is
+(`nfnets_jax.models.TIMM_MODELS`), and how each of our module paths is named
+in timm (`_FAMILY_MODULES`). Layouts follow from the kind of module:
+convolutions HWIO <-> OIHW with gains (C,) <-> (C, 1, 1, 1), linears IO <->
+OI, linears that timm implements as 1x1 convolutions (Squeeze-Excite) IO <->
+OI11, and ECA's kernel (k,) <-> (1, 1, k).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from nfnets_jax.nfnet import NFNET_VARIANTS
+from nfnets_jax.models import NFNET_VARIANTS, NFREGNET_VARIANTS, RESNET_DEPTHS, TIMM_MODELS
 from nfnets_jax.pretrained import released
 from nfnets_jax.pretrained.released import CheckpointError
 
@@ -31,7 +34,7 @@ Params = dict[str, dict[str, Any]]
 # Our parameter names -> timm's.
 _NAMES = {"w": "weight", "b": "bias", "bias": "bias", "gain": "gain",
           "skip_gain": "skipinit_gain"}
-_BLOCK = r"nf_block(?:_\d+)?"
+_BLOCK = r"nf_(?:res_)?block(?:_\d+)?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,28 +43,47 @@ class ModuleRule:
 
   `{block}` in `timm` stands for the block's `stages.<stage>.<index>`, from the
   named group `block` of `ours` (our blocks count 0, 1, ... over all stages).
-  `kind` sets the layouts: 'conv', 'linear', 'linear_as_conv' or 'block'.
+  `kind` sets the layouts: 'conv', 'linear', 'linear_as_conv' (a linear
+  that timm runs as a 1x1 conv), 'conv1d' (ECA's kernel) or 'block'.
   """
   ours: str
   timm: str
   kind: str
 
 
-_NFNET_MODULES = (
-    *(ModuleRule(f"stem_conv{i}", f"stem.conv{i + 1}", "conv") for i in range(4)),
-    ModuleRule(f"(?P<block>{_BLOCK})/~/conv_shortcut", "{block}.downsample.conv", "conv"),
-    ModuleRule(f"(?P<block>{_BLOCK})/~/conv0", "{block}.conv1", "conv"),
-    ModuleRule(f"(?P<block>{_BLOCK})/~/conv1", "{block}.conv2", "conv"),
-    ModuleRule(f"(?P<block>{_BLOCK})/~/conv1b", "{block}.conv2b", "conv"),
-    ModuleRule(f"(?P<block>{_BLOCK})/~/conv2", "{block}.conv3", "conv"),
-    ModuleRule(f"(?P<block>{_BLOCK})/~/squeeze_excite/~/linear",
-               "{block}.attn_last.fc1", "linear_as_conv"),
-    ModuleRule(f"(?P<block>{_BLOCK})/~/squeeze_excite/~/linear_1",
-               "{block}.attn_last.fc2", "linear_as_conv"),
-    ModuleRule(f"(?P<block>{_BLOCK})", "{block}", "block"),
-    ModuleRule("final_conv", "final_conv", "conv"),
-    ModuleRule("linear", "head.fc", "linear"),
-)
+def _block_rules(attention: str) -> tuple[ModuleRule, ...]:
+  """Our NF block's modules in timm's NormFreeBlock; `attention`: timm's attribute."""
+  block = f"(?P<block>{_BLOCK})"
+  return (
+      ModuleRule(f"{block}/~/conv_shortcut", "{block}.downsample.conv", "conv"),
+      ModuleRule(f"{block}/~/conv0", "{block}.conv1", "conv"),
+      ModuleRule(f"{block}/~/conv1", "{block}.conv2", "conv"),
+      ModuleRule(f"{block}/~/conv1b", "{block}.conv2b", "conv"),
+      ModuleRule(f"{block}/~/conv2", "{block}.conv3", "conv"),
+      ModuleRule(f"{block}/~/squeeze_excite/~/linear", f"{{block}}.{attention}.fc1",
+                 "linear_as_conv"),
+      ModuleRule(f"{block}/~/squeeze_excite/~/linear_1", f"{{block}}.{attention}.fc2",
+                 "linear_as_conv"),
+      ModuleRule(f"{block}/~/efficient_channel_attention", f"{{block}}.{attention}.conv",
+                 "conv1d"),
+      ModuleRule(block, "{block}", "block"),
+  )
+
+
+_HEAD = (ModuleRule("final_conv", "final_conv", "conv"), ModuleRule("linear", "head.fc", "linear"))
+# Per our model: the stem, the blocks (attention after the last conv, or in
+# the middle of NF-RegNet blocks) and the head.
+_FAMILY_MODULES = {
+    "NFNet": (*(ModuleRule(f"stem_conv{i}", f"stem.conv{i + 1}", "conv") for i in range(4)),
+              *_block_rules("attn_last"), *_HEAD),
+    "NFRegNet": (ModuleRule("initial_conv", "stem.conv", "conv"), *_block_rules("attn"), *_HEAD),
+    "NFResNet": (ModuleRule("initial_conv", "stem.conv", "conv"), *_block_rules("attn_last"),
+                 *_HEAD),
+}
+_TOPS = {"NFNet": "NFNet", "NFRegNet": "NF_RegNet", "NFResNet": "NF_ResNet"}
+_DEPTHS = {"NFNet": lambda v: NFNET_VARIANTS[v]["depths"],
+           "NFRegNet": lambda v: NFREGNET_VARIANTS[v]["depths"],
+           "NFResNet": lambda v: RESNET_DEPTHS[v]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +94,9 @@ class TimmArch:
     model: our model name (`nfnets_jax.create_model`).
     kwargs: our constructor arguments for it.
     timm_numerics: further constructor arguments with which our model
-      computes exactly what timm's does (the release's numerics are the
-      default: its weights were trained with them).
+      computes exactly what timm's does (for the DeepMind ports; the
+      release's numerics are their default: its weights were trained with
+      them).
     top: our top-level module name.
     depths: blocks per stage.
     modules: the module table.
@@ -86,13 +109,10 @@ class TimmArch:
   modules: Sequence[ModuleRule]
 
 
-# timm's dm_nfnet: the erf GELU, and eps 1e-5 added to the weight variance.
-_DM_NFNET_NUMERICS = {"activation": "gelu_exact", "ws_eps": 1e-5, "ws_eps_style": "add"}
 TIMM_ARCHS: dict[str, TimmArch] = {
-    f"dm_nfnet_f{i}": TimmArch(
-        "NFNet", {"variant": f"F{i}"}, _DM_NFNET_NUMERICS, "NFNet",
-        NFNET_VARIANTS[f"F{i}"]["depths"], _NFNET_MODULES)
-    for i in range(7)
+    name: TimmArch(spec.model, spec.kwargs, spec.numerics, _TOPS[spec.model],
+                   _DEPTHS[spec.model](spec.kwargs["variant"]), _FAMILY_MODULES[spec.model])
+    for name, spec in TIMM_MODELS.items()
 }
 
 
@@ -139,6 +159,8 @@ def _to_timm_layout(array: np.ndarray, kind: str, name: str) -> np.ndarray:
     return array.T
   if kind == "linear_as_conv" and name == "w":
     return array.T[:, :, None, None]
+  if kind == "conv1d":
+    return array.reshape(1, 1, -1)
   return array
 
 
@@ -151,6 +173,8 @@ def _from_timm_layout(array: np.ndarray, kind: str, name: str) -> np.ndarray:
     return array.T
   if kind == "linear_as_conv" and name == "w":
     return array[:, :, 0, 0].T
+  if kind == "conv1d":
+    return array.reshape(-1)
   return array
 
 
@@ -213,15 +237,26 @@ def from_timm_state_dict(state_dict: Mapping[str, np.ndarray], arch: str,
   return params
 
 
+@functools.lru_cache(maxsize=None)
+def _timm_keys(arch: str) -> frozenset[str]:
+  """The state-dict keys of timm's `arch` (any widths: keys name no sizes)."""
+  spec = _arch(arch)
+  expected = released.expected_shapes(spec.model, num_classes=1, **spec.kwargs)
+  return frozenset(f"{_timm_module(spec, module, spec.depths)[0]}.{_NAMES[name]}"
+                   for module, names in expected.items() for name in names)
+
+
 def infer_arch(state_dict: Mapping[str, Any]) -> str:
-  """The timm architecture whose blocks per stage the state dict has."""
+  """The timm architecture with the state dict's blocks per stage and keys."""
   blocks = {tuple(int(i) for i in m.groups()) for m in
             (re.match(r"stages\.(\d+)\.(\d+)\.", k) for k in state_dict) if m}
   depths = [sum(1 for s, _ in blocks if s == stage) for stage in range(4)]
   matches = [name for name, spec in TIMM_ARCHS.items() if list(spec.depths) == depths]
+  if len(matches) > 1:  # e.g. dm_nfnet_f0, nfnet_l0 and eca_nfnet_l0.
+    matches = [name for name in matches if _timm_keys(name) == set(state_dict)]
   if len(matches) != 1:
     raise CheckpointError(
-        f"Blocks per stage {depths} match {matches or 'no'} known timm "
+        f"Blocks per stage {depths} and keys match {matches or 'no'} known timm "
         "architecture; pass arch= (one of " + ", ".join(sorted(TIMM_ARCHS)) + ").")
   return matches[0]
 
@@ -279,22 +314,22 @@ def read_timm_checkpoint(path: str | os.PathLike, arch: str | None = None,
 
 def load_timm_checkpoint(path: str | os.PathLike, arch: str | None = None,
                          **model_kwargs: Any) -> Params:
-  """Loads timm weights (`dm_nfnet_f0` ... `dm_nfnet_f6`) for our model.
+  """Loads timm weights for our model (any name of `TIMM_ARCHS`).
 
   Args:
     path: a `.safetensors` state dict as timm writes it, a folder with
       `model.safetensors`, or a Hugging Face cache folder such as
       `~/.cache/huggingface/hub/models--timm--dm_nfnet_f0.dm_in1k`.
     arch: the timm architecture; None reads it from the hub folder's name or
-      `config.json`, else from the blocks per stage.
+      `config.json`, else from the blocks per stage and the keys.
     **model_kwargs: constructor arguments that change parameter shapes, for
       weights not of the architecture's standard widths.
 
   Returns:
-    Params for `nfnets_jax.create_model(TIMM_ARCHS[arch].model, num_classes,
-    **TIMM_ARCHS[arch].kwargs)`, num_classes from the classifier. Add
-    `TIMM_ARCHS[arch].timm_numerics` to the constructor to compute exactly
-    what timm computes (erf GELU, timm's weight-standardisation epsilon).
+    Params for `nfnets_jax.create_model(arch, num_classes)` (which computes
+    what timm computes), num_classes from the classifier. The DeepMind ports
+    `dm_nfnet_f*` also fit `create_model(TIMM_ARCHS[arch].model, num_classes,
+    **TIMM_ARCHS[arch].kwargs)`, the release's numerics.
 
   Raises:
     CheckpointError: unknown architecture, or keys or shapes that differ.

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-from nfnets_jax import models
+from nfnets_jax.models import registry
 
 
 def count_params(params: Any) -> int:
@@ -55,11 +55,11 @@ def count_macs(fn: Callable, *args: Any) -> int:
 
 def model_macs(name: str, resolution: int, num_classes: int = 1000, **kwargs: Any) -> int:
   """MACs of one forward pass of one image at `resolution` px (convs, SE, classifier)."""
-  net, params, state, image = models.abstract_init(name, num_classes, resolution, **kwargs)
+  net, params, state, image = registry.abstract_init(name, num_classes, resolution, **kwargs)
   return count_macs(lambda p, s, x: net.apply(p, s, None, x, is_training=False),
                     params, state, image)
 
 
 def model_param_count(name: str, num_classes: int = 1000, **kwargs: Any) -> int:
   """Parameter count of a model, from shapes alone (nothing is allocated)."""
-  return count_params(models.abstract_init(name, num_classes, **kwargs)[1])
+  return count_params(registry.abstract_init(name, num_classes, **kwargs)[1])

@@ -8,8 +8,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets_jax import layers
-from nfnets_jax.nfresnet import resnet_stages
+from nfnets_jax.models import layers
+from nfnets_jax.models.nfresnet import resnet_stages
 
 
 class ResBlock(hk.Module):

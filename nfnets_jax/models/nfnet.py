@@ -1,14 +1,12 @@
 """NFNets: the F-series of Brock et al. 2021, arXiv 2102.06171."""
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import haiku as hk
-import jax
 import jax.numpy as jnp
 
-from nfnets_jax import layers
+from nfnets_jax.models import blocks, layers
 
 # Per-variant architecture and training-recipe numbers (NFNETS.md).
 # randaugment: (num_layers, magnitude).
@@ -32,59 +30,7 @@ NFNET_VARIANTS: dict[str, dict[str, Any]] = {
 
 def variant_spec(variant: str) -> dict[str, Any]:
   """The architecture and recipe numbers of an NFNet variant ('F0'...'F7+')."""
-  if variant not in NFNET_VARIANTS:
-    raise ValueError(
-        f"Unknown NFNet variant {variant!r}; choose one of {list(NFNET_VARIANTS)}.")
-  return NFNET_VARIANTS[variant]
-
-
-class NFBlock(hk.Module):
-  """Pre-activation bottleneck block with two grouped 3x3 convs and SE."""
-
-  def __init__(self, in_ch: int, out_ch: int, stride: int = 1,
-               beta: float = 1.0, stochdepth_rate: float = 0.0, *,
-               expansion: float = 0.5, se_ratio: float = 0.5,
-               group_width: int = 128, alpha: float = 0.2, activation=jax.nn.relu,
-               conv=layers.WSConv2D, grouped_conv: str = "auto",
-               name: str | None = None):
-    super().__init__(name=name)
-    self.stride = stride
-    self.beta, self.alpha = beta, alpha
-    self.activation = activation
-    self.stochdepth_rate = stochdepth_rate
-    # Bottleneck width from the OUTPUT width, rounded down to whole groups.
-    groups = max(1, int(out_ch * expansion) // group_width)
-    width = groups * group_width
-    self.conv0 = conv(width, 1, name="conv0")
-    self.conv1 = conv(width, 3, stride=stride, feature_group_count=groups,
-                      grouped_conv=grouped_conv, name="conv1")
-    self.conv1b = conv(width, 3, feature_group_count=groups,
-                       grouped_conv=grouped_conv, name="conv1b")
-    self.conv2 = conv(out_ch, 1, name="conv2")
-    self.use_projection = stride > 1 or in_ch != out_ch
-    if self.use_projection:
-      self.conv_shortcut = conv(out_ch, 1, name="conv_shortcut")
-    self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
-
-  def __call__(self, x, is_training: bool):
-    out = self.activation(x) * self.beta
-    if self.use_projection:
-      shortcut = out
-      if self.stride > 1:
-        shortcut = hk.avg_pool(shortcut, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
-      shortcut = self.conv_shortcut(shortcut)
-    else:
-      shortcut = x
-    out = self.conv0(out)
-    out = self.conv1(self.activation(out))
-    out = self.conv1b(self.activation(out))
-    out = self.conv2(self.activation(out))
-    # x2 so that the sigmoid gates (0.5 on average at init) preserve variance.
-    out = 2 * self.se(out) * out
-    res_var = layers.residual_variance(out)
-    out = layers.stochastic_depth(out, self.stochdepth_rate, is_training)
-    out = out * hk.get_parameter("skip_gain", (), out.dtype, init=jnp.zeros)
-    return out * self.alpha + shortcut, res_var
+  return layers.variant_entry(NFNET_VARIANTS, variant, "NFNet")
 
 
 class NFNet(hk.Module):
@@ -102,9 +48,13 @@ class NFNet(hk.Module):
                activation: str = "gelu", final_conv_mult: float = 2,
                stage_depths: Sequence[int] | None = None,
                stage_widths: Sequence[int] | None = None,
-               group_width: int = 128, fc_init=None,
-               ws_eps: float = 1e-4, ws_eps_style: str = "floor",
-               grouped_conv: str = "auto", name: str = "NFNet"):
+               group_width: int = 128, bottleneck_ratio: float = 0.5,
+               channel_divisor: int | None = None,
+               attention: str = "se", se_divisor: int | None = None,
+               fc_init=None, ws_eps: float = 1e-4, ws_eps_style: str = "floor",
+               gamma_in: str = "activation", padding: str = "same",
+               skip_gain: bool = True, grouped_conv: str = "auto",
+               name: str = "NFNet"):
     """Args:
       num_classes: classifier outputs.
       variant: 'F0'...'F7' or 'F0+'...'F7+'.
@@ -118,29 +68,43 @@ class NFNet(hk.Module):
       stage_depths: overrides the variant's blocks per stage (small models).
       stage_widths: overrides the variant's stage widths (small models).
       group_width: channels per group in the grouped 3x3 convs.
+      bottleneck_ratio: bottleneck width over the block output's.
+      channel_divisor: None truncates widths to integers (the release); 8
+        rounds stage and bottleneck widths as timm does.
+      attention: 'se' (Squeeze-Excite) or 'eca' (timm's eca_nfnet_l*).
+      se_divisor: Squeeze-Excite hidden width rounding, see
+        `layers.SqueezeExcite` (timm's nfnet_l0: 8).
       fc_init: classifier weight initialiser; default N(0, 0.01).
       ws_eps, ws_eps_style: weight standardisation's epsilon and how it
-        enters, see `layers.WSConv2D` (the release: 1e-4, 'floor'; timm's
-        dm_nfnet: 1e-5, 'add').
+        enters, see `layers.WSConv2D` (the release: 1e-4, 'floor'; timm:
+        1e-5, 'add').
+      gamma_in: where the activation gammas go, 'activation' or 'conv'
+        (timm's own models), see `layers.nf_activation_and_conv`.
+      padding: 'same' (the release) or 'symmetric' (timm's own models).
+      skip_gain: a learnable `skip_gain` per block; False as in timm's own
+        models (whose last conv gain starts at 0 instead).
       grouped_conv: grouped convolution formulation, see `layers.conv2d`.
       name: module name (part of the checkpoint format).
     """
     super().__init__(name=name)
     spec = variant_spec(variant)
-    self.activation = layers.scaled_activation(activation)
+    self.activation, conv = layers.nf_activation_and_conv(
+        activation, gamma_in, eps=ws_eps, eps_style=ws_eps_style, padding=padding)
     self.drop_rate = spec["drop_rate"] if drop_rate is None else drop_rate
     base_widths = tuple(stage_widths or spec["widths"])
-    stage_widths = tuple(int(w * width) for w in base_widths)
+    stage_widths = tuple(layers.round_channels(w * width, channel_divisor) for w in base_widths)
     stem_width = base_widths[0] // 2
-    conv = functools.partial(layers.WSConv2D, eps=ws_eps, eps_style=ws_eps_style)
     self.stem = [conv(ch, 3, stride=stride, name=f"stem_conv{i}")
                  for i, (ch, stride) in enumerate(zip((16, 32, 64, stem_width), (2, 1, 1, 2)))]
     specs = layers.block_specs(stage_depths or spec["depths"], stage_widths,
                                stem_width, alpha, stochdepth_rate)
     self.blocks = [
-        NFBlock(*s, se_ratio=se_ratio, group_width=group_width, alpha=alpha,
-                activation=self.activation, conv=conv, grouped_conv=grouped_conv,
-                name="nf_block")
+        blocks.NFBlock(*s, bottleneck_ratio=bottleneck_ratio, group_width=group_width,
+                       channel_divisor=channel_divisor,
+                       extra_conv=True, attention=attention, se_ratio=se_ratio,
+                       se_divisor=se_divisor, skip_gain_init=jnp.zeros if skip_gain else None,
+                       alpha=alpha, activation=self.activation, conv=conv,
+                       grouped_conv=grouped_conv, name="nf_block")
         for s in specs]
     self.final_conv = conv(int(final_conv_mult * stage_widths[-1]), 1, name="final_conv")
     self.fc = hk.Linear(num_classes, w_init=fc_init or hk.initializers.RandomNormal(0.01))

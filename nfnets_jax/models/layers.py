@@ -8,7 +8,7 @@ so that its checkpoints load unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import haiku as hk
 import jax
@@ -50,7 +50,7 @@ RELEASED_GAMMAS: dict[str, float] = {
 }
 
 
-def _check_activation(name: str) -> None:
+def check_activation(name: str) -> None:
   if name not in ACTIVATIONS:
     raise ValueError(
         f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
@@ -71,7 +71,7 @@ def exact_gamma(name: str, half_width: float = 12.0, nodes: int = 256) -> float:
   Returns:
     The variance-preserving gain of the activation.
   """
-  _check_activation(name)
+  check_activation(name)
   t, w = np.polynomial.legendre.leggauss(nodes)
   # Map [-1, 1] to [0, half_width] and mirror it for the negative half-line.
   pos = (t + 1) * half_width / 2
@@ -95,7 +95,7 @@ def scaled_activation(name: str, gamma: str = "released") -> Callable[[Array], A
   Returns:
     A function `x -> g(x) * gamma`.
   """
-  _check_activation(name)
+  check_activation(name)
   if gamma == "released":
     value = RELEASED_GAMMAS[name]
   elif gamma == "exact":
@@ -106,6 +106,47 @@ def scaled_activation(name: str, gamma: str = "released") -> Callable[[Array], A
   return lambda x: fn(x) * value
 
 
+def make_divisible(value: float, divisor: int, round_limit: float = 0.9) -> int:
+  """`value` rounded to the nearest multiple of `divisor` (at least `divisor`).
+
+  timm's channel rounding: a result below `round_limit * value` goes up one
+  more multiple, so rounding never removes more than 10% of the channels.
+  """
+  rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < round_limit * value else rounded
+
+
+def round_channels(value: float, divisor: int | None) -> int:
+  """Channels from a real width: the release's `int()`, or timm's `make_divisible`."""
+  return int(value) if divisor is None else make_divisible(value, divisor)
+
+
+GAMMA_PLACEMENTS = ("activation", "conv")
+
+
+def nf_activation_and_conv(activation: str, gamma_in: str = "activation",
+                           **conv_kwargs) -> tuple[Callable[[Array], Array], Callable[..., hk.Module]]:
+  """(activation, `WSConv2D` factory) of an NF network, with the gamma in either.
+
+  Args:
+    activation: a key of `ACTIVATIONS`.
+    gamma_in: 'activation' scales every activation by its gamma (the
+      release); 'conv' folds the gamma into every standardised weight and
+      leaves activations plain (timm's own models). Convolutions are linear,
+      so both compute the same except where a conv reads no activation (the
+      first stem conv, a final conv on the last block's output) and where an
+      activation feeds no conv (before the pooling of the head).
+    **conv_kwargs: further `WSConv2D` arguments.
+  """
+  if gamma_in not in GAMMA_PLACEMENTS:
+    raise ValueError(f"gamma_in must be one of {GAMMA_PLACEMENTS}, got {gamma_in!r}.")
+  if gamma_in == "activation":
+    return scaled_activation(activation), functools.partial(WSConv2D, **conv_kwargs)
+  check_activation(activation)
+  return ACTIVATIONS[activation], functools.partial(
+      WSConv2D, gamma=RELEASED_GAMMAS[activation], **conv_kwargs)
+
+
 def default_grouped_conv_impl() -> str:
   """What grouped_conv='auto' runs on the default backend: 'split' or 'xla'."""
   # XLA's CPU backend runs feature_group_count convolutions far slower than
@@ -114,11 +155,40 @@ def default_grouped_conv_impl() -> str:
 
 
 GROUPED_CONV_IMPLS = ("auto", "xla", "split")
+PADDINGS = ("same", "symmetric")
+
+
+def _check_padding(padding: str) -> None:
+  if padding not in PADDINGS:
+    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
+
+
+def window_padding(kernel: int, stride: int, padding: str) -> str | list[tuple[int, int]]:
+  """lax padding of a square window: 'SAME', or PyTorch's symmetric padding.
+
+  'same' pads (0, 1) before a stride-2 3x3 window on even inputs, as the
+  release (TensorFlow) does; 'symmetric' pads `((stride - 1) + (kernel - 1))
+  // 2` on both sides, as PyTorch models (timm's own NF models) do.
+  """
+  _check_padding(padding)
+  if padding == "same":
+    return "SAME"
+  pad = ((stride - 1) + (kernel - 1)) // 2
+  return [(pad, pad)] * 2
+
+
+def max_pool(x: Array, window: int, stride: int, padding: str = "same") -> Array:
+  """NHWC max pooling; padded positions never win."""
+  pads = window_padding(window, stride, padding)
+  if pads != "SAME":
+    pads = [(0, 0), *pads, (0, 0)]
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, stride, stride, 1), pads)
 
 
 def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
-           impl: str = "auto") -> Array:
-  """NHWC x HWIO convolution with SAME padding and `groups` feature groups.
+           impl: str = "auto", padding: str = "same") -> Array:
+  """NHWC x HWIO convolution with `groups` feature groups.
 
   Args:
     x: input, NHWC.
@@ -129,6 +199,7 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
       per group and concatenates (same result, faster on CPU); 'auto' picks by
       backend. Ungrouped stride-1 1x1 convolutions are a matmul whatever
       `impl` says.
+    padding: 'same' or 'symmetric', see `window_padding`.
 
   Returns:
     The output, NHWC.
@@ -142,7 +213,7 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
     return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
   conv = functools.partial(
       jax.lax.conv_general_dilated, window_strides=(stride, stride),
-      padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      padding=window_padding(w.shape[0], stride, padding), dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if impl == "auto":
     impl = default_grouped_conv_impl()
   if groups == 1 or impl == "xla":
@@ -160,15 +231,16 @@ WS_EPS_STYLES = ("floor", "add")
 class WSConv2D(hk.Module):
   """2D convolution with Scaled Weight Standardisation and an affine gain.
 
-  `W_hat = gain * (W - mean) / sqrt(N * var)` per output channel over its
-  fan-in of N = H * W * I numbers, with `N * var` floored at `eps` (the
+  `W_hat = gamma * gain * (W - mean) / sqrt(N * var)` per output channel over
+  its fan-in of N = H * W * I numbers, with `N * var` floored at `eps` (the
   release) or `eps` added to `var` (timm); a bias is always added.
   Parameters: `w` (HWIO, init N(0, 1/fan_in)), `gain`, `bias`.
   """
 
   def __init__(self, output_channels: int, kernel_shape: int, stride: int = 1,
                feature_group_count: int = 1, standardize: bool = True,
-               eps: float = 1e-4, eps_style: str = "floor",
+               eps: float = 1e-4, eps_style: str = "floor", gamma: float = 1.0,
+               gain_init: float = 1.0, padding: str = "same",
                grouped_conv: str = "auto", name: str | None = None):
     """Args:
       output_channels: number of output channels.
@@ -180,6 +252,10 @@ class WSConv2D(hk.Module):
       eps: the floor of `N * var` ('floor'), or what is added to `var`.
       eps_style: 'floor': `sqrt(max(N * var, eps))`, the release's; 'add':
         `sqrt(N * (var + eps))`, timm's.
+      gamma: a constant factor of the standardised weight. timm's own NF
+        models put the activation's gamma here instead of in the activation.
+      gain_init: initial value of `gain` (0 makes the conv output zero).
+      padding: 'same' or 'symmetric', see `window_padding`.
       grouped_conv: formulation of grouped convolutions, see `conv2d`.
       name: module name (part of the checkpoint format).
     """
@@ -191,12 +267,19 @@ class WSConv2D(hk.Module):
     self.standardize = standardize
     if eps_style not in WS_EPS_STYLES:
       raise ValueError(f"eps_style must be one of {WS_EPS_STYLES}, got {eps_style!r}.")
+    _check_padding(padding)
     self.eps = eps
     self.eps_style = eps_style
+    self.gamma = gamma
+    self.gain_init = gain_init
+    self.padding = padding
     self.grouped_conv = grouped_conv
 
   def standardized_weight(self, w: Array) -> Array:
-    gain = hk.get_parameter("gain", (w.shape[-1],), w.dtype, init=jnp.ones)
+    gain = hk.get_parameter("gain", (w.shape[-1],), w.dtype,
+                            init=hk.initializers.Constant(self.gain_init))
+    if self.gamma != 1.0:
+      gain = gain * self.gamma
     if not self.standardize:
       return w * gain
     # Statistics over a [fan_in, out] view: on CPU, XLA reduces the leading
@@ -225,7 +308,7 @@ class WSConv2D(hk.Module):
     w_init = hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
     w = hk.get_parameter("w", w_shape, x.dtype, init=w_init)
     out = conv2d(x, self.standardized_weight(w), self.stride,
-                 self.feature_group_count, self.grouped_conv)
+                 self.feature_group_count, self.grouped_conv, self.padding)
     bias = hk.get_parameter("bias", (self.output_channels,), x.dtype, init=jnp.zeros)
     return out + bias
 
@@ -238,15 +321,52 @@ class SqueezeExcite(hk.Module):
   """
 
   def __init__(self, in_ch: int, out_ch: int, se_ratio: float = 0.5,
-               name: str | None = None):
+               divisor: int | None = None, name: str | None = None):
+    """Args:
+      in_ch, out_ch: input and output (gate) channels.
+      se_ratio: hidden width as a fraction of `in_ch`.
+      divisor: None truncates the hidden width (the release); a number
+        rounds it to its nearest multiple, never up by the 10% rule (timm).
+      name: module name.
+    """
     super().__init__(name=name)
-    self.fc0 = hk.Linear(max(1, int(in_ch * se_ratio)))
+    hidden = in_ch * se_ratio
+    hidden = int(hidden) if divisor is None else make_divisible(hidden, divisor, 0.0)
+    self.fc0 = hk.Linear(max(1, hidden))
     self.fc1 = hk.Linear(out_ch)
 
   def __call__(self, x: Array) -> Array:
     h = jnp.mean(x, axis=(1, 2))
     h = self.fc1(jax.nn.relu(self.fc0(h)))
     return jax.nn.sigmoid(h)[:, None, None]
+
+
+class EfficientChannelAttention(hk.Module):
+  """ECA (Wang et al. 2020): channel gates from a 1-D conv over pooled channels.
+
+  mean-pool -> a `kernel`-tap convolution along the channel axis, zero-padded
+  at both ends, no bias -> sigmoid. The kernel size follows the channel
+  count, `k = |log2(C) + 1| / 2` made odd and at least 3, as in timm's
+  `EcaModule`. Returns the gates, shaped [N, 1, 1, C]. Parameter: `w` (k,).
+  """
+
+  def __init__(self, channels: int, name: str | None = None):
+    super().__init__(name=name)
+    t = int(abs(np.log2(channels) + 1) / 2)
+    self.kernel = max(t if t % 2 else t + 1, 3)
+
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel
+    w = hk.get_parameter("w", (k,), x.dtype,
+                         init=hk.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))
+    h = jnp.pad(jnp.mean(x, axis=(1, 2)), ((0, 0), (k // 2, k // 2)))
+    channels = x.shape[-1]
+    # A cross-correlation (what PyTorch's Conv1d computes) as k shifted sums.
+    h = sum(w[j] * h[:, j:j + channels] for j in range(k))
+    return jax.nn.sigmoid(h)[:, None, None]
+
+
+ATTENTIONS = (None, "se", "eca")
 
 
 def stochastic_depth(x: Array, drop_rate: float, is_training: bool) -> Array:
@@ -291,6 +411,13 @@ def expected_stds(stage_depths: Sequence[int], alpha: float) -> list[float]:
   return stds
 
 
+def variant_entry(table: Mapping[str, Any], variant: str, family: str) -> Any:
+  """`table[variant]`, or an error naming the family's variants."""
+  if variant not in table:
+    raise ValueError(f"Unknown {family} variant {variant!r}; choose one of {list(table)}.")
+  return table[variant]
+
+
 class BlockSpec(NamedTuple):
   """Constructor arguments that vary from block to block of a ResNet body."""
   in_ch: int
@@ -301,8 +428,9 @@ class BlockSpec(NamedTuple):
 
 
 def block_specs(stage_depths: Sequence[int], stage_widths: Sequence[int],
-                in_ch: int, alpha: float, stochdepth_rate: float) -> list[BlockSpec]:
-  """Per-block arguments of a four-stage body with strides (1, 2, 2, 2).
+                in_ch: int, alpha: float, stochdepth_rate: float,
+                strides: Sequence[int] = (1, 2, 2, 2)) -> list[BlockSpec]:
+  """Per-block arguments of a body whose stages start with `strides`.
 
   Block i of n (0-based over all blocks) gets stochastic-depth rate
   `stochdepth_rate * i / n` and `beta = 1 / expected_std`.
@@ -313,7 +441,7 @@ def block_specs(stage_depths: Sequence[int], stage_widths: Sequence[int],
   for stage, (depth, out_ch) in enumerate(zip(stage_depths, stage_widths)):
     for block_index in range(depth):
       i = len(specs)
-      stride = 2 if stage > 0 and block_index == 0 else 1
+      stride = strides[stage] if block_index == 0 else 1
       specs.append(BlockSpec(in_ch, out_ch, stride, 1.0 / stds[i],
                              stochdepth_rate * i / num_blocks))
       in_ch = out_ch
