@@ -4,14 +4,17 @@ r"""Training-step benchmark: speed, FLOP utilisation, memory, AGC overhead.
     python -m nfnets_jax.bench --model=NFResNet --variant=ResNet50 --resolution=128 --batch=8
     python -m nfnets_jax.bench --compare_grouped_conv     # feature_group_count vs split
     python -m nfnets_jax.bench --config=experiments/digits.py --input   # pipeline headroom
+    python -m nfnets_jax.bench --forward --forward_resolution=256  # inference too
     ... --json                                            # one JSON object on stdout
 
 The timed step is the training system's own (`train_step.make_train_step` on
 the optimizer of `optim.build_optimizer`): forward, backward, cross-device
 mean, AGC, weight decay, SGD and the weight EMA, on random images already on
-the devices. Steps of the measured variants (e.g. with and without AGC) are
-interleaved, so load that changes during the run affects them alike. The same
-command runs on CPU, GPU and TPU; `--batch` is per device.
+the devices. `--forward` also times the inference forward pass (the
+evaluation step's model call, eval mode, at the test resolution). Steps of the
+measured variants (e.g. with and without AGC) are interleaved, so load that
+changes during the run affects them alike. The same command runs on CPU, GPU
+and TPU; `--batch` is per device.
 """
 from __future__ import annotations
 
@@ -122,6 +125,26 @@ def build_variant(config: ml_collections.ConfigDict, num_classes: int,
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   return Variant(config, compiled, state, batch, compile_s, _xla_memory(compiled))
+
+
+def build_forward_variant(config: ml_collections.ConfigDict, num_classes: int,
+                          per_device_batch: int, resolution: int) -> Variant:
+  """Compiles the inference forward pass: the model in eval mode, logits out."""
+  forward = models.transform(config.model.name, num_classes, **config.model.kwargs)
+  dtype = ts.compute_dtype(config.train.compute_dtype)
+  params, model_state = forward.init(
+      jax.random.PRNGKey(config.seed), np.zeros((1, resolution, resolution, 3), np.float32),
+      is_training=True)
+  weights = ts.replicate((ts.cast_floats(params, dtype), model_state))
+  batch = _random_batch(num_classes, per_device_batch, resolution)
+  images = batch["images"].astype(dtype)
+  apply = jax.pmap(lambda w, x: forward.apply(*w, None, x, is_training=False)[0]["logits"])
+  start = time.perf_counter()
+  compiled = apply.lower(weights, images).compile()
+  compile_s = time.perf_counter() - start
+  # Variant.run's (state, batch) -> (state, output) contract, weights unchanged.
+  step = lambda w, x: (w, compiled(w, x))
+  return Variant(config, step, weights, images, compile_s, _xla_memory(compiled))
 
 
 def time_interleaved(variants: Sequence[Variant], num_steps: int,
@@ -263,7 +286,17 @@ def build_variants(args: argparse.Namespace, config: ml_collections.ConfigDict,
     variants["grouped_other"] = build(
         other, f"the same step with grouped_conv="
         f"{other.model.kwargs.grouped_conv!r}")
+  if args.forward:
+    log(f"compiling the forward pass at {forward_resolution(args, config)} px ...")
+    variants["forward"] = build_forward_variant(
+        config, num_classes, per_device_batch, forward_resolution(args, config))
   return variants
+
+
+def forward_resolution(args: argparse.Namespace, config: ml_collections.ConfigDict) -> int:
+  """--forward_resolution, else a config's test resolution, else the training one."""
+  return args.forward_resolution or (config.data.test_px if args.config
+                                     else config.data.train_px)
 
 
 def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -312,6 +345,17 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     result["grouped_conv"]["split_speedup"] = (
         result["grouped_conv"]["xla"]["step_time_median_s"]
         / result["grouped_conv"]["split"]["step_time_median_s"])
+  if "forward" in variants:
+    forward = variants["forward"]
+    px = forward_resolution(args, config)
+    forward_macs = counting.model_macs(config.model.name, px, num_classes, **kwargs)
+    stats = step_stats(forward.times, global_batch)
+    achieved = 2 * forward_macs * global_batch / stats["step_time_median_s"] / 1e9
+    result["forward"] = {
+        "resolution": px, "compile_s": forward.compile_s, **stats,
+        "gmacs_per_image": forward_macs / 1e9, "achieved_gflops": achieved,
+        "peak_fraction": achieved / result["matmul_peak_gflops"],
+        "xla_memory_bytes": forward.xla_memory_bytes}
   if args.input:
     log("measuring the input pipeline ...")
     result["input"] = input_throughput(config, global_batch,
@@ -355,6 +399,13 @@ def format_table(r: dict[str, Any]) -> str:
       rows.append((f"grouped conv {impl}", f"{g[impl]['images_per_s']:.1f} images/s, "
                                            f"compile {g[impl]['compile_s']:.1f} s"))
     rows.append(("split speed-up", f"{g['split_speedup']:.2f}x over feature_group_count"))
+  if "forward" in r:
+    f = r["forward"]
+    rows.append(("forward", f"{f['resolution']} px: median {f['step_time_median_s'] * 1e3:.1f} ms"
+                            f" (min {f['step_time_min_s'] * 1e3:.1f} / max "
+                            f"{f['step_time_max_s'] * 1e3:.1f}), {f['images_per_s']:.1f} "
+                            f"images/s, {f['achieved_gflops']:.1f} GFLOP/s = "
+                            f"{f['peak_fraction']:.1%} of peak, compile {f['compile_s']:.1f} s"))
   if "input" in r:
     i = r["input"]
     rows.append(("input pipeline", f"{i['dataset']}: {i['batches_per_s']:.1f} batches/s = "
@@ -393,6 +444,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help="Also time the other grouped-conv formulation (NFNet).")
   parser.add_argument("--agc_overhead", action=argparse.BooleanOptionalAction,
                       default=True, help="Also time the step with AGC toggled.")
+  parser.add_argument("--forward", action="store_true",
+                      help="Also time the inference forward pass (eval mode).")
+  parser.add_argument("--forward_resolution", type=int,
+                      help="Its image side in px (default: the config's test "
+                      "resolution, else --resolution).")
   parser.add_argument("--input", action="store_true",
                       help="Measure the input pipeline of the config's data.")
   parser.add_argument("--input_batches", type=int, default=20)

@@ -99,7 +99,8 @@ def unreplicate(tree: Any) -> Any:
       lambda x: np.array(np.asarray(x.addressable_shards[0].data)[0]), tree)
 
 
-def _cast_floats(tree: Any, dtype: Any) -> Any:
+def cast_floats(tree: Any, dtype: Any) -> Any:
+  """`tree` with its floating-point leaves cast to `dtype`."""
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
       tree)
@@ -144,7 +145,7 @@ def make_train_step(forward: hk.TransformedWithState,
 
   def loss_fn(params, batch, model_state, rng):
     logits_out, new_model_state = forward.apply(
-        _cast_floats(params, dtype), model_state, rng,
+        cast_floats(params, dtype), model_state, rng,
         batch["images"].astype(dtype), is_training=True)
     logits = logits_out["logits"].astype(jnp.float32)
     loss = optax.softmax_cross_entropy(
@@ -205,7 +206,7 @@ def make_eval_step(forward: hk.TransformedWithState,
   dtype = compute_dtype(config.train.compute_dtype)
 
   def eval_step(params, model_state, batch):
-    out, _ = forward.apply(_cast_floats(params, dtype), model_state, None,
+    out, _ = forward.apply(cast_floats(params, dtype), model_state, None,
                            batch["images"].astype(dtype), is_training=False)
     logits = out["logits"].astype(jnp.float32)
     labels = batch["labels"].astype(jnp.int32)

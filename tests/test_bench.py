@@ -30,7 +30,8 @@ def _hand_count_macs() -> int:
 def result():
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
-    bench.main([*TINY, "--json", "--input", "--input_batches=2"])
+    bench.main([*TINY, "--json", "--input", "--input_batches=2", "--forward",
+                "--forward_resolution=16"])
   lines = stdout.getvalue().strip().splitlines()
   assert len(lines) == 1, "--json must print exactly one line on stdout"
   return json.loads(lines[0])
@@ -47,6 +48,8 @@ def test_json_has_every_figure_positive_and_finite(result):
   assert result["agc_overhead"] > -1 and math.isfinite(result["agc_overhead"])
   for key in ("batches_per_s", "images_per_s", "headroom"):
     assert math.isfinite(result["input"][key]) and result["input"][key] > 0, key
+  for key in ("compile_s", "step_time_median_s", "images_per_s", "achieved_gflops"):
+    assert math.isfinite(result["forward"][key]) and result["forward"][key] > 0, key
   assert len(result["load_average_start"]) == 3
   assert result["peak_memory_source"]
 
@@ -58,6 +61,14 @@ def test_figures_follow_their_definitions(result):
   # 2 FLOPs per MAC, x3 for forward plus backward, for every image of the step.
   assert result["gflop_per_step"] * 1e9 == pytest.approx(6 * _hand_count_macs() * devices)
   assert result["images_per_s"] == pytest.approx(devices / result["step_time_median_s"])
+  # The forward pass alone: 2 FLOPs per MAC, no backward.
+  forward = result["forward"]
+  assert forward["resolution"] == 16 and forward["gmacs_per_image"] * 1e9 == pytest.approx(
+      _hand_count_macs())
+  assert forward["achieved_gflops"] * 1e9 == pytest.approx(
+      2 * _hand_count_macs() * devices / forward["step_time_median_s"])
+  assert forward["peak_fraction"] == pytest.approx(
+      forward["achieved_gflops"] / result["matmul_peak_gflops"])
   assert result["achieved_gflops"] == pytest.approx(
       result["gflop_per_step"] / result["step_time_median_s"])
   assert result["peak_fraction"] == pytest.approx(
@@ -74,7 +85,7 @@ def test_figures_follow_their_definitions(result):
 def test_table_names_each_figure(result):
   table = bench.format_table(result)
   for label in ("compile", "step time", "images/s", "GFLOP/s", "matmul peak",
-                "peak memory", "AGC overhead", "input pipeline", "load average"):
+                "peak memory", "AGC overhead", "forward", "input pipeline", "load average"):
     assert label in table, label
 
 
