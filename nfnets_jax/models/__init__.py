@@ -10,6 +10,7 @@ from nfnets_jax.models.nfnet import NFNET_VARIANTS, NFNet
 from nfnets_jax.models.nfregnet import NFREGNET_VARIANTS, NFRegNet
 from nfnets_jax.models.nfresnet import RESNET_DEPTHS, NFResNet
 from nfnets_jax.models.registry import (MODELS, TIMM_MODELS, TimmModel, abstract_init,
-                                        create_model, resolve, transform)
+                                        create_model, resolve, transform,
+                                        variant_depths)
 from nfnets_jax.models.resnet import ResNet
 from nfnets_jax.models.skipinit import SkipInitResNet

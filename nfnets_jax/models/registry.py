@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax.models.fixup import FixupResNet
-from nfnets_jax.models.nfnet import NFNet
-from nfnets_jax.models.nfregnet import NFRegNet
-from nfnets_jax.models.nfresnet import NFResNet
+from nfnets_jax.models.nfnet import NFNET_VARIANTS, NFNet
+from nfnets_jax.models.nfregnet import NFREGNET_VARIANTS, NFRegNet
+from nfnets_jax.models.nfresnet import RESNET_DEPTHS, NFResNet
 from nfnets_jax.models.resnet import ResNet
 from nfnets_jax.models.skipinit import SkipInitResNet
 
@@ -68,6 +68,15 @@ TIMM_MODELS: dict[str, TimmModel] = {
         _TIMM_OWN, variant=f"ResNet{depth}", shortcut="avg_pool", skipinit_gain=None))
        for depth in (26, 50, 101)},
 }
+
+
+def variant_depths(model: str) -> dict[str, tuple[int, ...]]:
+  """Blocks per stage of every variant of our model `model` (a key of `MODELS`)."""
+  if model == "NFNet":
+    return {v: spec["depths"] for v, spec in NFNET_VARIANTS.items()}
+  if model == "NFRegNet":
+    return {v: spec["depths"] for v, spec in NFREGNET_VARIANTS.items()}
+  return dict(RESNET_DEPTHS)  # The ResNets: NF, SkipInit, Fixup and BN.
 
 
 def resolve(name: str, **kwargs: Any) -> tuple[type[hk.Module], dict[str, Any]]:

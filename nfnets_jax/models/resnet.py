@@ -83,7 +83,7 @@ class ResNet(hk.Module):
     self.fc = hk.Linear(num_classes, w_init=fc_init or hk.initializers.RandomNormal(0.01))
 
   def __call__(self, x, is_training: bool = True, return_metrics: bool = False):
-    out = hk.max_pool(self.initial_conv(x), (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+    out = layers.max_pool(self.initial_conv(x), 3, 2)
     out, outputs = layers.apply_blocks(out, self.blocks, is_training, return_metrics)
     out = jax.nn.relu(self.final_bn(out, is_training))
     return layers.classify(jnp.mean(out, axis=(1, 2)), self.fc, self.drop_rate,

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfnets_jax import models
-from nfnets_jax.models import NFNET_VARIANTS, NFREGNET_VARIANTS, RESNET_DEPTHS
+from nfnets_jax.models import NFNET_VARIANTS
 
 Params = dict[str, dict[str, Any]]
 
@@ -217,9 +217,7 @@ def infer_variant(params: Mapping[str, Any]) -> tuple[str, str]:
   num_blocks = len({m.group(0) for m in
                     (re.match(rf"{top}/~/(nf_)?(res_)?block(_\d+)?", p) for p in params) if m})
   if model != "NFNet":
-    depths = NFREGNET_VARIANTS if model == "NFRegNet" else RESNET_DEPTHS
-    matches = [v for v, d in depths.items()
-               if sum(d["depths"] if model == "NFRegNet" else d) == num_blocks]
+    matches = [v for v, d in models.variant_depths(model).items() if sum(d) == num_blocks]
     if not matches:
       raise CheckpointError(f"No {model} variant has {num_blocks} blocks.")
     return model, matches[0]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from nfnets_jax.models import NFNET_VARIANTS, NFREGNET_VARIANTS, RESNET_DEPTHS, TIMM_MODELS
+from nfnets_jax.models import TIMM_MODELS, variant_depths
 from nfnets_jax.pretrained import released
 from nfnets_jax.pretrained.released import CheckpointError
 
@@ -81,9 +81,6 @@ _FAMILY_MODULES = {
                  *_HEAD),
 }
 _TOPS = {"NFNet": "NFNet", "NFRegNet": "NF_RegNet", "NFResNet": "NF_ResNet"}
-_DEPTHS = {"NFNet": lambda v: NFNET_VARIANTS[v]["depths"],
-           "NFRegNet": lambda v: NFREGNET_VARIANTS[v]["depths"],
-           "NFResNet": lambda v: RESNET_DEPTHS[v]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +108,7 @@ class TimmArch:
 
 TIMM_ARCHS: dict[str, TimmArch] = {
     name: TimmArch(spec.model, spec.kwargs, spec.numerics, _TOPS[spec.model],
-                   _DEPTHS[spec.model](spec.kwargs["variant"]), _FAMILY_MODULES[spec.model])
+                   variant_depths(spec.model)[spec.kwargs["variant"]], _FAMILY_MODULES[spec.model])
     for name, spec in TIMM_MODELS.items()
 }
 
