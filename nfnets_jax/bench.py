@@ -132,9 +132,8 @@ def build_forward_variant(config: ml_collections.ConfigDict, num_classes: int,
   """Compiles the inference forward pass: the model in eval mode, logits out."""
   forward = models.transform(config.model.name, num_classes, **config.model.kwargs)
   dtype = ts.compute_dtype(config.train.compute_dtype)
-  params, model_state = forward.init(
-      jax.random.PRNGKey(config.seed), np.zeros((1, resolution, resolution, 3), np.float32),
-      is_training=True)
+  params, model_state = ts.init_model(forward, jax.random.PRNGKey(config.seed),
+                                      (resolution, resolution, 3))
   weights = ts.replicate((ts.cast_floats(params, dtype), model_state))
   batch = _random_batch(num_classes, per_device_batch, resolution)
   images = batch["images"].astype(dtype)

@@ -23,13 +23,13 @@ import haiku as hk
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from nfnets_jax import cli
 from nfnets_jax import models
 from nfnets_jax.models import nfnet
 from nfnets_jax.data import pipeline
 from nfnets_jax.data import preprocessing
+from nfnets_jax.data.tensorflow_setup import tf
 from nfnets_jax.imagenet_classes import CLASS_NAMES as IMAGENET_CLASS_NAMES
 from nfnets_jax.pretrained import weights as pretrained_weights
 

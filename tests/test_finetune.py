@@ -96,17 +96,21 @@ FINETUNE = ("--config.train.total_steps=4", "--config.train.batch_size=32",
             "--config.optimizer.lr=0.0", "--config.checkpoint.every_steps=4")
 
 
+def _fresh_init(config, num_classes):
+  """(net, params, state) as the run initialises them, for `num_classes`."""
+  net = models.transform("NFNet", num_classes, **config.model.kwargs)
+  rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+  return (net, *ts.init_model(net, rng, (config.data.train_px, config.data.train_px, 3)))
+
+
 def _fresh_init_top1(config, num_classes):
   """Top-1 of the run's own fresh initialisation on the training images."""
-  net = models.transform("NFNet", num_classes, **config.model.kwargs)
-  images = np.zeros((1, config.data.train_px, config.data.train_px, 3), np.float32)
-  params, state = net.init(jax.random.split(jax.random.PRNGKey(config.seed))[0],
-                           images, is_training=True)
+  net, params, state = _fresh_init(config, num_classes)
   batches = data.eval_iterator(config.data, global_batch_size=config.eval.batch_size,
                                split="train")
   metrics = ts.evaluate(ts.make_eval_step(net, config), ts.replicate(params),
                         ts.replicate(state), batches)
-  return metrics["top1"], params
+  return metrics["top1"]
 
 
 def test_finetuning_starts_from_the_checkpoint(short_run, exported, dirs, tmp_path):
@@ -130,7 +134,7 @@ def test_finetuning_starts_from_the_checkpoint(short_run, exported, dirs, tmp_pa
   # lr 0: the first logged accuracy is the loaded weights' (the run reached
   # > 60% test top-1 in 90 steps); a fresh initialisation is near chance.
   config = _run_config(short_run[0])
-  fresh_top1, _ = _fresh_init_top1(config, 10)
+  fresh_top1 = _fresh_init_top1(config, 10)
   assert fresh_top1 < 0.3 and _first_train_top1(tmp_path / "tuned") > fresh_top1 + 0.3
   assert ("re-initialised NFNet/~/linear (10 -> 5 classes)" in outputs["five"]
           and f"loaded {len(source) - 1} modules" in outputs["five"]), outputs["five"]
@@ -139,11 +143,8 @@ def test_finetuning_starts_from_the_checkpoint(short_run, exported, dirs, tmp_pa
     if module != "NFNet/~/linear":
       for name, value in names.items():
         np.testing.assert_array_equal(value, source[module][name], err_msg=module)
-  # The classifier is a fresh initialisation's, for 5 classes (the run
-  # compiles its init unoptimised: the same draws, rounded differently).
-  fresh = models.transform("NFNet", 5, **config.model.kwargs).init(
-      jax.random.split(jax.random.PRNGKey(0))[0], np.zeros((1, 16, 16, 3), np.float32),
-      is_training=True)[0]
+  # The classifier is a fresh initialisation's, for 5 classes.
+  fresh = _fresh_init(config, 5)[1]
   assert state["params"]["NFNet/~/linear"]["w"].shape == (64, 5)
   np.testing.assert_allclose(state["params"]["NFNet/~/linear"]["w"],
                              fresh["NFNet/~/linear"]["w"], rtol=1e-6)

@@ -1,8 +1,7 @@
-"""Models: parameter trees, counts, MACs, outputs and signal propagation."""
+"""Models: parameter trees, counts, MACs and outputs (signal propagation: test_signal_propagation.py)."""
 import json
 import pathlib
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,39 +106,3 @@ def test_unknown_variants_and_models_are_named():
     models.abstract_init("NFResNet", 10, variant="ResNet18")
   with pytest.raises(ValueError, match="Unknown model 'VGG'.*NFNet"):
     models.create_model("VGG", 10)
-
-
-def _nfresnet50_metrics(weight_standardization):
-  def forward(x):
-    return nfnets_jax.NFResNet(
-        10, skipinit_gain=jnp.ones, stochdepth_rate=0.0,
-        weight_standardization=weight_standardization)(x, is_training=False, return_metrics=True)
-  net = hk.transform(forward)
-  x = jax.random.normal(jax.random.PRNGKey(0), (4, 224, 224, 3))
-  params = net.init(jax.random.PRNGKey(1), x)
-  return jax.jit(net.apply)(params, None, x)
-
-
-@pytest.fixture(scope="module")
-def spp_metrics():
-  return _nfresnet50_metrics(True), _nfresnet50_metrics(False)
-
-
-def test_signal_propagation_variance_follows_prediction(spp_metrics):
-  metrics, _ = spp_metrics
-  alpha, index = 0.2, 1
-  for depth in (3, 4, 6, 3):
-    for k in range(1, depth + 1):  # k-th block of the stage, 1-based
-      predicted = 1 + k * alpha**2
-      assert float(metrics[f"avg_var_{index}"]) == pytest.approx(predicted, rel=0.05), index
-      index += 1
-
-
-def test_weight_standardisation_removes_mean_shift(spp_metrics):
-  with_ws, without_ws = spp_metrics
-  sq_mean = lambda m: np.array([float(m[f"avg_sq_mean_{i}"]) for i in range(1, 17)])
-  assert sq_mean(with_ws).max() < 0.05
-  # Without WS, relu's positive mean compounds: the squared mean grows with depth.
-  no_ws = sq_mean(without_ws)
-  assert no_ws[-1] > 10 * no_ws[0] and no_ws[-1] > 1.0
-  assert np.all(np.diff(no_ws[[0, 3, 7, 13, 15]]) > 0)

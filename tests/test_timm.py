@@ -31,8 +31,9 @@ def small_params():
 def _logits(params, **numerics):
   images = np.random.default_rng(5).standard_normal((2, 3, 35, 35)).astype(np.float32)
   net = models.transform("NFNet", 10, **SMALL, **numerics)
-  return np.asarray(net.apply(params, {}, None, images.transpose(0, 2, 3, 1),
-                              is_training=False)[0]["logits"])
+  apply = jax.jit(net.apply, static_argnames="is_training")
+  return np.asarray(apply(params, {}, None, images.transpose(0, 2, 3, 1),
+                          is_training=False)[0]["logits"])
 
 
 def test_logits_agree_with_timm(small_params):

@@ -154,8 +154,8 @@ def test_evaluation_counts_every_example_once_against_brute_force(model):
   images = np.concatenate([b["images"].reshape(-1, PX, PX, 3)
                            for b in batches])[mask]
   labels = np.concatenate([b["labels"].ravel() for b in batches])[mask]
-  out, _ = forward.apply(params, state.model_state, None, images,
-                         is_training=False)
+  out, _ = jax.jit(forward.apply, static_argnames="is_training")(
+      params, state.model_state, None, images, is_training=False)
   logits = np.asarray(out["logits"], np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   order = np.argsort(-logits, axis=1)

@@ -56,13 +56,11 @@ def compile_on_first_call(pmapped):
   return call
 
 
-def build_digits(tmp_path_factory) -> str:
-  """A TFDS data_dir with the 16 px digits the tiny runs read."""
+def build_digits(data_dir: pathlib.Path) -> None:
+  """Builds the 16 px digits the tiny runs read in the TFDS `data_dir`."""
   # Imported here: it loads TensorFlow, which the multi-host workers skip.
   from nfnets_jax.data import digits  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  digits.prepared_builder(data_dir, 16)
-  return data_dir
+  digits.prepared_builder(str(data_dir), 16)
 
 
 def load_config(name: str, argument: Optional[str] = None):
@@ -77,15 +75,17 @@ def load_config(name: str, argument: Optional[str] = None):
 def subprocess_env(num_devices: int, cache_dir: str) -> dict[str, str]:
   """CPU-only environment with `num_devices` devices and a shared XLA cache.
 
-  Unoptimised XLA code compiles several times faster and these runs are
-  short; the persistent cache lets the runs of a test share compilations.
+  The suite's fast-compile XLA flags (conftest.py): these runs are short.
+  The persistent cache lets the runs of a test share compilations.
   """
+  xla_flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+               if not f.startswith("--xla_force_host_platform_device_count=")]
   # TensorFlow's logging: the package's own defaults, as users get them.
   env = {k: v for k, v in os.environ.items()
          if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
   env.update(
-      XLA_FLAGS=(f"--xla_force_host_platform_device_count={num_devices} "
-                 "--xla_backend_optimization_level=0"),
+      XLA_FLAGS=" ".join(
+          [f"--xla_force_host_platform_device_count={num_devices}", *xla_flags]),
       JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
       JAX_COMPILATION_CACHE_DIR=cache_dir,
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -115,7 +115,12 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> str:
 
 def log_of(process: subprocess.Popen) -> str:
   workdir = next(a for a in process.args if a.startswith("--workdir="))
-  with open(workdir.split("=", 1)[1] + ".log") as f:
+  return log_of_workdir(workdir.split("=", 1)[1])
+
+
+def log_of_workdir(workdir) -> str:
+  """The output (stdout and stderr) of the run started in `workdir`."""
+  with open(f"{workdir}.log") as f:
     return f.read()
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
-import tensorflow_datasets as tfds
 
 from nfnets_jax import console
+from nfnets_jax.data.tensorflow_setup import tfds
 
 NUM_TEST = 360
 SPLIT_SEED = 0

@@ -6,9 +6,8 @@ means the same class in every split. Files are listed in sorted order.
 import functools
 import pathlib
 
-import tensorflow as tf
-
 from nfnets_jax.data import sources
+from nfnets_jax.data.tensorflow_setup import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _LAYOUT = "<path>/<split>/<class>/<image>.jpg"

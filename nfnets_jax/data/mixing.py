@@ -5,9 +5,8 @@ batch is already shuffled, so the pair is random); the middle example of an
 odd batch pairs with itself and stays unchanged. Targets are mixed with the
 same ratio as the pixels, so they remain probability vectors (sum to 1).
 """
-import tensorflow as tf
-
 from nfnets_jax.data import config as config_lib
+from nfnets_jax.data.tensorflow_setup import tf
 
 
 def _beta(shape, alpha: float, seed: tf.Tensor) -> tf.Tensor:

@@ -6,9 +6,8 @@ RandAugment is several times cheaper per image on a batch. Images enter as
 encoded bytes (tf.string) or uint8 [H, W, 3]; all randomness is stateless,
 keyed by a shape-[2] int64 seed.
 """
-import tensorflow as tf
-
 from nfnets_jax.data.randaugment import randaugment
+from nfnets_jax.data.tensorflow_setup import tf
 
 # ImageNet channel statistics on the 0..255 scale (NFNETS.md).
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)

@@ -41,7 +41,8 @@ import math
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
-import tensorflow as tf
+
+from nfnets_jax.data.tensorflow_setup import tf
 
 ImageLike = Union[tf.Tensor, np.ndarray]
 Scalar = Union[int, float, tf.Tensor]

@@ -5,10 +5,8 @@ A source reads one process's share of a split as a `tf.data.Dataset` of
 fixed order; the pipeline shuffles and decodes. The shards of all processes
 are contiguous and cover the split exactly once.
 """
-import tensorflow as tf
-import tensorflow_datasets as tfds
-
 from nfnets_jax.data import config as config_lib
+from nfnets_jax.data.tensorflow_setup import tf, tfds
 
 
 def shard_bounds(num_examples: int, process_index: int,
