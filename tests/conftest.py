@@ -14,7 +14,7 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
     + " --xla_cpu_use_fusion_emitters=false"
-    + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    + " --xla_cpu_multi_thread_eigen=false"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow is only used for tf.data: keep it off any accelerator.
