@@ -28,6 +28,24 @@ import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+# Modules by their measured cost, heaviest first (the rest keep their order
+# after these): pytest-xdist hands whole modules to the workers in this order
+# (`--no-loadscope-reorder` in pytest.ini), so that the long ones start early
+# and the workers finish together. test_finetune comes first: it builds the
+# short run that test_train and test_evaluate then find ready.
+_HEAVIEST_FIRST = (
+    "test_finetune.py", "test_checkpointing.py", "test_model_family.py",
+    "test_models.py", "test_train.py", "test_train_step.py", "test_multihost.py",
+    "test_released.py", "test_signal_propagation.py", "test_predict.py",
+    "test_timm.py", "test_agc_ablation.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_HEAVIEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory) -> pathlib.Path:
   """A directory that every pytest-xdist worker of this session shares."""

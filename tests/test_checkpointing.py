@@ -104,6 +104,10 @@ def _events(workdir, kind):
 def test_killed_and_preempted_runs_resume_bit_identically(tmp_path, dirs):
   reference = support.start_training(tmp_path / "reference", *RESUME_RUN,
                                      **dirs)
+  # Its first checkpoint means its step is compiled and in the XLA cache,
+  # where the interrupted runs find it instead of compiling it again.
+  support.wait_for(lambda: support.checkpoint_steps(tmp_path / "reference"),
+                   reference, timeout=240)
   workdir = tmp_path / "interrupted"
   steps = lambda: support.checkpoint_steps(workdir)
 

@@ -16,8 +16,6 @@ import sys
 
 import numpy as np
 from PIL import Image
-from sklearn import datasets as sk_datasets
-from sklearn import model_selection
 
 from nfnets_jax import console
 from nfnets_jax.data.tensorflow_setup import tfds
@@ -33,9 +31,16 @@ class DigitsConfig(tfds.core.BuilderConfig):
   image_size: int = 32
 
 
+def _load_digits():
+  """scikit-learn's `load_digits()`; sklearn is imported only to build (~1.5 s)."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  return datasets.load_digits()
+
+
 def split_indices() -> dict[str, np.ndarray]:
   """Rows of `load_digits()` in each split: stratified, fixed seed, sorted."""
-  labels = sk_datasets.load_digits().target
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  labels = _load_digits().target
   train, test = model_selection.train_test_split(
       np.arange(len(labels)), test_size=NUM_TEST, stratify=labels,
       random_state=SPLIT_SEED)
@@ -83,7 +88,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
             for split, rows in split_indices().items()}
 
   def _generate_examples(self, rows):
-    digits = sk_datasets.load_digits()
+    digits = _load_digits()
     size = self.builder_config.image_size
     for row in rows:
       yield int(row), {"image": upscale(digits.images[row], size),
