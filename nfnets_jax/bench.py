@@ -2,7 +2,7 @@ r"""Training-step benchmark: speed, FLOP utilisation, memory, AGC overhead.
 
     python -m nfnets_jax.bench --model=NFNet --variant=F0 --resolution=128 --batch=8
     python -m nfnets_jax.bench --model=NFResNet --variant=ResNet50 --resolution=128 --batch=8
-    python -m nfnets_jax.bench --compare_grouped_conv     # feature_group_count vs split
+    python -m nfnets_jax.bench --compare_grouped_conv     # every grouped-conv formulation
     python -m nfnets_jax.bench --config=experiments/digits.py --input   # pipeline headroom
     python -m nfnets_jax.bench --forward --forward_resolution=256  # inference too
     ... --json                                            # one JSON object on stdout
@@ -50,6 +50,8 @@ DEFAULT_VARIANTS = {"NFNet": "F0", "NFResNet": "ResNet50", "NFRegNet": "B0",
 # Forward plus backward costs about three forward passes (the backward pass
 # computes gradients with respect to both activations and weights).
 FORWARD_BACKWARD_FACTOR = 3
+# What --compare_grouped_conv times: every formulation but 'auto'.
+GROUPED_CONV_FORMULATIONS = tuple(i for i in layers.GROUPED_CONV_IMPLS if i != "auto")
 # AGC lambda of the counterpart step when the benchmarked config has no AGC.
 DEFAULT_CLIPPING = optim.default_config().clipping
 # A long schedule: the few timed steps fall early in the config's warm-up, where
@@ -267,7 +269,7 @@ def build_variants(args: argparse.Namespace, config: ml_collections.ConfigDict,
     return build_variant(variant_config, num_classes, per_device_batch)
 
   if args.compare_grouped_conv and config.model.kwargs.grouped_conv == "auto":
-    # Time what training would run on this backend against the alternative.
+    # Time what training would run on this backend against the alternatives.
     config.model.kwargs.grouped_conv = layers.default_grouped_conv_impl()
   variants = {"main": build(
       config, f"{config.model.name} {config.model.kwargs.to_dict()} at "
@@ -279,12 +281,11 @@ def build_variants(args: argparse.Namespace, config: ml_collections.ConfigDict,
         toggled,
         f"the same step {'without' if config.optimizer.clipping else 'with'} AGC")
   if args.compare_grouped_conv:
-    other = copy.deepcopy(config)
-    other.model.kwargs.grouped_conv = ("xla" if config.model.kwargs.grouped_conv == "split"
-                                       else "split")
-    variants["grouped_other"] = build(
-        other, f"the same step with grouped_conv="
-        f"{other.model.kwargs.grouped_conv!r}")
+    for impl in GROUPED_CONV_FORMULATIONS:
+      if impl != config.model.kwargs.grouped_conv:
+        other = copy.deepcopy(config)
+        other.model.kwargs.grouped_conv = impl
+        variants[f"grouped_{impl}"] = build(other, f"the same step with grouped_conv={impl!r}")
   if args.forward:
     log(f"compiling the forward pass at {forward_resolution(args, config)} px ...")
     variants["forward"] = build_forward_variant(
@@ -335,15 +336,16 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     with_agc, without = medians if config.optimizer.clipping else medians[::-1]
     result.update(step_time_with_agc_s=with_agc, step_time_without_agc_s=without,
                   agc_overhead=with_agc / without - 1.0)
-  if "grouped_other" in variants:
-    timed = (main, variants["grouped_other"])
+  if args.compare_grouped_conv:
+    timed = [main] + [v for name, v in variants.items() if name.startswith("grouped_")]
+    grouped = {v.config.model.kwargs.grouped_conv: {
+        "compile_s": v.compile_s, **step_stats(v.times, global_batch)} for v in timed}
+    for stats in grouped.values():  # Against one feature_group_count conv.
+      stats["speedup_over_xla"] = (grouped["xla"]["step_time_median_s"]
+                                   / stats["step_time_median_s"])
     result["grouped_conv"] = {
-        v.config.model.kwargs.grouped_conv: {"compile_s": v.compile_s,
-                                             **step_stats(v.times, global_batch)}
-        for v in timed}
-    result["grouped_conv"]["split_speedup"] = (
-        result["grouped_conv"]["xla"]["step_time_median_s"]
-        / result["grouped_conv"]["split"]["step_time_median_s"])
+        "fastest": min(grouped, key=lambda k: grouped[k]["step_time_median_s"]),
+        "auto": layers.default_grouped_conv_impl(), **grouped}
   if "forward" in variants:
     forward = variants["forward"]
     px = forward_resolution(args, config)
@@ -394,10 +396,12 @@ def format_table(r: dict[str, Any]) -> str:
                                  f"{r['step_time_without_agc_s'] * 1e3:.1f} ms without)"))
   if "grouped_conv" in r:
     g = r["grouped_conv"]
-    for impl in ("xla", "split"):
-      rows.append((f"grouped conv {impl}", f"{g[impl]['images_per_s']:.1f} images/s, "
-                                           f"compile {g[impl]['compile_s']:.1f} s"))
-    rows.append(("split speed-up", f"{g['split_speedup']:.2f}x over feature_group_count"))
+    for impl in GROUPED_CONV_FORMULATIONS:
+      rows.append((f"grouped conv {impl}",
+                   f"{g[impl]['images_per_s']:.1f} images/s, {g[impl]['speedup_over_xla']:.2f}x "
+                   f"over feature_group_count, compile {g[impl]['compile_s']:.1f} s"))
+    rows.append(("grouped conv choice", f"fastest {g['fastest']!r}; 'auto' runs {g['auto']!r} "
+                                        f"on {r['backend']}"))
   if "forward" in r:
     f = r["forward"]
     rows.append(("forward", f"{f['resolution']} px: median {f['step_time_median_s'] * 1e3:.1f} ms"
@@ -440,7 +444,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument("--grouped_conv", choices=layers.GROUPED_CONV_IMPLS, default="auto",
                       help="NFNet grouped-conv formulation.")
   parser.add_argument("--compare_grouped_conv", action="store_true",
-                      help="Also time the other grouped-conv formulation (NFNet).")
+                      help="Also time the other grouped-conv formulations (NFNet, NF-RegNet).")
   parser.add_argument("--agc_overhead", action=argparse.BooleanOptionalAction,
                       default=True, help="Also time the step with AGC toggled.")
   parser.add_argument("--forward", action="store_true",

@@ -5,6 +5,10 @@ Crops, flips and resizes keep a constant image constant, so each output pixel
 tells which examples (and in which proportions) went into it.
 """
 import itertools
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -197,3 +201,19 @@ def test_fake_dataset_repeats_one_batch_and_counts_its_test_split():
   np.testing.assert_array_equal(resumed["labels"], first["labels"])
   batches = list(data.eval_iterator(config, global_batch_size=4, num_local_devices=2))
   assert len(batches) == 3 and sum(b["mask"].sum() for b in batches) == 10
+
+
+def _modules_after_import(env_update):
+  code = ("import sys; import nfnets_jax.data.pipeline; "
+          "print(sorted(m for m in ('keras', 'sklearn') if m in sys.modules))")
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  result = subprocess.run([sys.executable, "-c", code], env={**env, **env_update},
+                          cwd=pathlib.Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=120, check=True)
+  return result.stdout.split("\n")[-2]
+
+
+def test_the_pipeline_loads_tensorflow_without_keras_unless_asked():
+  # tf.data needs no Keras; TensorFlow would import it (and scikit-learn).
+  assert _modules_after_import({}) == "[]"
+  assert _modules_after_import({"TF_USE_LEGACY_KERAS": "0"}) == "['keras', 'sklearn']"

@@ -106,23 +106,27 @@ def _numpy_grouped_conv(x, w, groups):
   return out
 
 
-@pytest.mark.parametrize("groups,stride,size", [(1, 1, 7), (2, 1, 8), (4, 2, 9), (3, 2, 10)])
-def test_grouped_conv_formulations_agree(groups, stride, size):
+@pytest.mark.parametrize("groups,stride,size,padding", [
+    (1, 1, 7, "same"), (2, 1, 8, "same"), (4, 2, 9, "same"), (3, 2, 10, "same"),
+    (2, 2, 8, "symmetric"), (6, 1, 5, "symmetric")])
+def test_grouped_conv_formulations_agree(groups, stride, size, padding):
   kx, kw, kg = jax.random.split(jax.random.PRNGKey(groups), 3)
   x = jax.random.normal(kx, (2, size, size, 12))
   w = jax.random.normal(kw, (3, 3, 12 // groups, 6 * groups))
-  conv = {impl: (lambda impl: lambda x, w: layers.conv2d(x, w, stride, groups, impl))(impl)
-          for impl in ("xla", "split")}
+  conv = {impl: (lambda impl: lambda x, w: layers.conv2d(x, w, stride, groups, impl, padding))(impl)
+          for impl in ("xla", "split", "im2col")}
   outs = {impl: f(x, w) for impl, f in conv.items()}
-  np.testing.assert_allclose(outs["split"], outs["xla"], rtol=1e-5, atol=1e-5)
+  for impl in ("split", "im2col"):
+    np.testing.assert_allclose(outs[impl], outs["xla"], rtol=1e-5, atol=1e-5, err_msg=impl)
   if stride == 1:
     np.testing.assert_allclose(outs["xla"], _numpy_grouped_conv(np.asarray(x), np.asarray(w), groups),
                                rtol=1e-4, atol=1e-4)
   cot = jax.random.normal(kg, outs["xla"].shape)
   grads = {impl: jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1))(x, w)
            for impl, f in conv.items()}
-  for a, b in zip(grads["split"], grads["xla"]):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  for impl in ("split", "im2col"):
+    for a, b in zip(grads[impl], grads["xla"]):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=impl)
 
 
 def test_1x1_conv_matches_xla_convolution_and_its_gradients():

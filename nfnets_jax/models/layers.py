@@ -150,11 +150,13 @@ def nf_activation_and_conv(activation: str, gamma_in: str = "activation",
 def default_grouped_conv_impl() -> str:
   """What grouped_conv='auto' runs on the default backend: 'split' or 'xla'."""
   # XLA's CPU backend runs feature_group_count convolutions far slower than
-  # one dense convolution per group; GPU and TPU have fast grouped kernels.
+  # one dense convolution per group (F0's grouped 3x3 convs, forward and
+  # backward: 4-12x); 'im2col' beats 'split' on some of them alone, but not
+  # in F0's whole step (measured). GPU and TPU have fast grouped kernels.
   return "split" if jax.default_backend() == "cpu" else "xla"
 
 
-GROUPED_CONV_IMPLS = ("auto", "xla", "split")
+GROUPED_CONV_IMPLS = ("auto", "xla", "split", "im2col")
 PADDINGS = ("same", "symmetric")
 
 
@@ -196,9 +198,10 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
     stride: spatial stride.
     groups: number of feature groups.
     impl: 'xla' uses `feature_group_count`; 'split' runs one dense convolution
-      per group and concatenates (same result, faster on CPU); 'auto' picks by
-      backend. Ungrouped stride-1 1x1 convolutions are a matmul whatever
-      `impl` says.
+      per group and concatenates (same result, faster on CPU); 'im2col' stacks
+      the k*k shifted taps of the input and runs one matmul batched over the
+      groups (same result); 'auto' picks by backend. Ungrouped stride-1 1x1
+      convolutions are a matmul whatever `impl` says.
     padding: 'same' or 'symmetric', see `window_padding`.
 
   Returns:
@@ -218,11 +221,35 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
     impl = default_grouped_conv_impl()
   if groups == 1 or impl == "xla":
     return conv(x, w, feature_group_count=groups)
+  if impl == "im2col":
+    return _im2col_conv(x, w, stride, groups, padding)
   # Group g reads input channels [g*I, (g+1)*I) and writes the g-th block of
   # output channels, so splitting both along their channel axes pairs them.
   xs = jnp.split(x, groups, axis=-1)
   ws = jnp.split(w, groups, axis=-1)
   return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=-1)
+
+
+def _im2col_conv(x: Array, w: Array, stride: int, groups: int, padding: str) -> Array:
+  """`conv2d` as one batched matmul over groups of the k*k shifted input taps."""
+  n, h, width, _ = x.shape
+  k, _, group_in, out_ch = w.shape
+  pads = window_padding(k, stride, padding)
+  if pads == "SAME":
+    pads = jax.lax.padtype_to_pads((h, width), (k, k), (stride, stride), "SAME")
+  x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+  out_h = (x.shape[1] - k) // stride + 1
+  out_w = (x.shape[2] - k) // stride + 1
+  x = x.reshape(*x.shape[:3], groups, group_in)
+  # [n, out_h, out_w, groups, k * k, group_in]: tap (i, j) of every window.
+  taps = jnp.stack([
+      x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
+      for i in range(k) for j in range(k)], axis=4)
+  taps = taps.reshape(n * out_h * out_w, groups, k * k * group_in)
+  # HWIO with O = groups * (out_ch // groups): [groups, k * k * group_in, out_ch // groups].
+  kernel = w.reshape(k * k * group_in, groups, out_ch // groups).transpose(1, 0, 2)
+  out = jnp.einsum("mgk,gko->mgo", taps, kernel)
+  return out.reshape(n, out_h, out_w, out_ch)
 
 
 WS_EPS_STYLES = ("floor", "add")
