@@ -151,8 +151,8 @@ def default_grouped_conv_impl() -> str:
   """What grouped_conv='auto' runs on the default backend: 'split' or 'xla'."""
   # XLA's CPU backend runs feature_group_count convolutions far slower than
   # one dense convolution per group (F0's grouped 3x3 convs, forward and
-  # backward: 4-12x); 'im2col' beats 'split' on some of them alone, but not
-  # in F0's whole step (measured). GPU and TPU have fast grouped kernels.
+  # backward: 4-13x, experiments/step_parts.py); 'im2col' is not faster than
+  # 'split' there, nor in F0's whole step. GPU and TPU have fast grouped kernels.
   return "split" if jax.default_backend() == "cpu" else "xla"
 
 

@@ -1,0 +1,113 @@
+r"""Where an NFNet training step's time goes on this backend, piece by piece.
+
+    python -m experiments.step_parts                      # F0, 128 px, batch 8
+    python -m experiments.step_parts --grouped_conv=im2col --no-optimizer
+    python -m experiments.step_parts --conv_shapes        # F0's grouped 3x3 convs alone
+
+Times, each jitted on its own (median and min of `--steps` runs): the
+train-mode forward pass with the loss, forward and backward, and the update
+the training step applies after them (AGC, weight decay, Nesterov SGD, the
+weight EMA and the two global norms it logs). `--conv_shapes` times every
+grouped-conv formulation on the grouped 3x3 convolutions of F0 at 128 px,
+forward and forward + backward. `nfnets_jax.bench` times the whole step.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nfnets_jax import models
+from nfnets_jax import optim
+from nfnets_jax import train_step as ts
+from nfnets_jax.models import layers
+
+# (batch, side, channels, groups, stride) of F0's grouped 3x3 convs at 128 px.
+F0_GROUPED_CONVS = ((8, 32, 256, 2, 2), (8, 16, 256, 2, 1), (8, 16, 768, 6, 2),
+                    (8, 8, 768, 6, 1), (8, 4, 768, 6, 1))
+
+
+def timed(fn: Callable, *args, steps: int) -> str:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return f"median {np.median(times) * 1e3:7.1f} ms, min {min(times) * 1e3:7.1f} ms"
+
+
+def step_parts(args: argparse.Namespace) -> None:
+  net = models.transform("NFNet", 1000, variant=args.variant, grouped_conv=args.grouped_conv)
+  key = jax.random.PRNGKey(0)
+  images = jax.random.normal(key, (args.batch, args.resolution, args.resolution, 3))
+  labels = jax.nn.one_hot(jnp.arange(args.batch) % 1000, 1000)
+  params, state = ts.init_model(net, key, images.shape[1:])
+
+  def loss(p, x):
+    out, _ = net.apply(p, state, key, x, is_training=True)
+    return optax.softmax_cross_entropy(out["logits"], labels).mean()
+
+  print(f"NFNet {args.variant}, {args.resolution} px, batch {args.batch}, "
+        f"grouped_conv={args.grouped_conv!r}, {jax.default_backend()}")
+  print(f"  forward (train mode)   {timed(jax.jit(loss), params, images, steps=args.steps)}")
+  grad = jax.jit(jax.grad(loss))
+  print(f"  forward + backward     {timed(grad, params, images, steps=args.steps)}")
+  if not args.optimizer:
+    return
+  config = optim.default_config()
+  optimizer, _ = optim.build_optimizer(config, batch_size=args.batch, total_steps=10_000,
+                                       steps_per_epoch=100)
+  grads = grad(params, images)
+
+  def update(p, opt_state, ema):
+    updates, opt_state = optimizer.update(grads, opt_state, p)
+    new = optax.apply_updates(p, updates)
+    ema = optim.ema_update(ema, new, jnp.int32(100), config.ema_decay)
+    return new, opt_state, ema, optax.global_norm(grads), optax.global_norm(new)
+
+  args_ = (params, optimizer.init(params), params)
+  print(f"  update (AGC, decay, SGD, EMA, norms) over "
+        f"{sum(p.size for p in jax.tree.leaves(params)) / 1e6:.1f} M params: "
+        f"{timed(jax.jit(update), *args_, steps=args.steps)}")
+
+
+def conv_shapes(args: argparse.Namespace) -> None:
+  impls = [i for i in layers.GROUPED_CONV_IMPLS if i != "auto"]
+  for batch, side, channels, groups, stride in F0_GROUPED_CONVS:
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (batch, side, side, channels))
+    w = jax.random.normal(key, (3, 3, channels // groups, channels)) * 0.05
+    print(f"{side} px, {channels} channels, {groups} groups, stride {stride}:")
+    for impl in impls:
+      conv = lambda x, w, impl=impl: layers.conv2d(x, w, stride, groups, impl)
+      both = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+      print(f"  {impl:7s} forward {timed(jax.jit(conv), x, w, steps=args.steps)};"
+            f" forward + backward {timed(both, x, w, steps=args.steps)}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--variant", default="F0")
+  parser.add_argument("--resolution", type=int, default=128)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--grouped_conv", choices=layers.GROUPED_CONV_IMPLS, default="auto")
+  parser.add_argument("--optimizer", action=argparse.BooleanOptionalAction, default=True,
+                      help="Also time the update after the backward pass.")
+  parser.add_argument("--conv_shapes", action="store_true",
+                      help="Time F0's grouped convs per formulation instead.")
+  parser.add_argument("--steps", type=int, default=5)
+  args = parser.parse_args()
+  if args.conv_shapes:
+    conv_shapes(args)
+  else:
+    step_parts(args)
+
+
+if __name__ == "__main__":
+  main()
