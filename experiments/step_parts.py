@@ -65,13 +65,15 @@ def step_parts(args: argparse.Namespace) -> None:
                                        steps_per_epoch=100)
   grads = grad(params, images)
 
-  def update(p, opt_state, ema):
-    updates, opt_state = optimizer.update(grads, opt_state, p)
+  # The gradients are an argument: closed over, they would be XLA constants
+  # and their norms folded away at compile time.
+  def update(p, g, opt_state, ema):
+    updates, opt_state = optimizer.update(g, opt_state, p)
     new = optax.apply_updates(p, updates)
     ema = optim.ema_update(ema, new, jnp.int32(100), config.ema_decay)
-    return new, opt_state, ema, optax.global_norm(grads), optax.global_norm(new)
+    return new, opt_state, ema, optax.global_norm(g), optax.global_norm(new)
 
-  args_ = (params, optimizer.init(params), params)
+  args_ = (params, grads, optimizer.init(params), params)
   print(f"  update (AGC, decay, SGD, EMA, norms) over "
         f"{sum(p.size for p in jax.tree.leaves(params)) / 1e6:.1f} M params: "
         f"{timed(jax.jit(update), *args_, steps=args.steps)}")

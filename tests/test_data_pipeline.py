@@ -210,7 +210,7 @@ def _modules_after_import(env_update):
   result = subprocess.run([sys.executable, "-c", code], env={**env, **env_update},
                           cwd=pathlib.Path(__file__).parents[1], capture_output=True,
                           text=True, timeout=120, check=True)
-  return result.stdout.split("\n")[-2]
+  return result.stdout.strip().splitlines()[-1]
 
 
 def test_the_pipeline_loads_tensorflow_without_keras_unless_asked():
