@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nfnets_jax import host_memory
 from nfnets_jax import models
 from nfnets_jax import optim
 from nfnets_jax import train_step as ts
@@ -42,16 +43,24 @@ def timed(fn: Callable, *args, steps: int) -> str:
   return f"median {np.median(times) * 1e3:7.1f} ms, min {min(times) * 1e3:7.1f} ms"
 
 
-def step_parts(args: argparse.Namespace) -> None:
-  net = models.transform("NFNet", 1000, variant=args.variant, grouped_conv=args.grouped_conv)
+def training_loss(variant: str, resolution: int, batch: int,
+                  grouped_conv: str = "auto") -> tuple[Callable, Any, jax.Array]:
+  """(loss(params, images), params, images) of an NFNet in training mode."""
+  net = models.transform("NFNet", 1000, variant=variant, grouped_conv=grouped_conv)
   key = jax.random.PRNGKey(0)
-  images = jax.random.normal(key, (args.batch, args.resolution, args.resolution, 3))
-  labels = jax.nn.one_hot(jnp.arange(args.batch) % 1000, 1000)
+  images = jax.random.normal(key, (batch, resolution, resolution, 3))
+  labels = jax.nn.one_hot(jnp.arange(batch) % 1000, 1000)
   params, state = ts.init_model(net, key, images.shape[1:])
 
   def loss(p, x):
     out, _ = net.apply(p, state, key, x, is_training=True)
     return optax.softmax_cross_entropy(out["logits"], labels).mean()
+  return loss, params, images
+
+
+def step_parts(args: argparse.Namespace) -> None:
+  loss, params, images = training_loss(args.variant, args.resolution, args.batch,
+                                       args.grouped_conv)
 
   print(f"NFNet {args.variant}, {args.resolution} px, batch {args.batch}, "
         f"grouped_conv={args.grouped_conv!r}, {jax.default_backend()}")
@@ -105,6 +114,7 @@ def main() -> None:
                       help="Time F0's grouped convs per formulation instead.")
   parser.add_argument("--steps", type=int, default=5)
   args = parser.parse_args()
+  host_memory.reuse_freed_memory()  # As the command-line tools do.
   if args.conv_shapes:
     conv_shapes(args)
   else:

@@ -36,6 +36,7 @@ import numpy as np
 
 from nfnets_jax.models import counting
 from nfnets_jax import data
+from nfnets_jax import host_memory
 from nfnets_jax.models import layers
 from nfnets_jax import models
 from nfnets_jax import optim
@@ -81,13 +82,16 @@ class Variant:
   compile_s: float
   xla_memory_bytes: Optional[int]
   times: list[float] = dataclasses.field(default_factory=list)
+  page_faults: list[int] = dataclasses.field(default_factory=list)
 
   def run(self) -> None:
-    """One timed step, waited for."""
+    """One timed step, waited for; also counts the host page faults it took."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     self.state, metrics = self.step(self.state, self.batch)
     jax.block_until_ready((self.state, metrics))
     self.times.append(time.perf_counter() - start)
+    self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def _random_batch(num_classes: int, per_device_batch: int, resolution: int) -> Any:
@@ -156,6 +160,7 @@ def time_interleaved(variants: Sequence[Variant], num_steps: int,
       variant.run()
   for variant in variants:
     variant.times.clear()
+    variant.page_faults.clear()
   for _ in range(num_steps):
     for variant in variants:
       variant.run()
@@ -318,6 +323,10 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
       "device_kind": jax.devices()[0].device_kind, "steps": args.steps,
       "agc_clipping": config.optimizer.clipping, "compile_s": main.compile_s,
       **step_stats(main.times, global_batch),
+      # Minor faults of the whole process during each step: host memory
+      # touched for the first time (see nfnets_jax/host_memory.py).
+      "page_faults_per_step": float(np.median(main.page_faults)),
+      "host_memory_reuse": args.host_memory_reuse,
   }
   macs = counting.model_macs(config.model.name, config.data.train_px, num_classes, **kwargs)
   flops_per_step = 2 * macs * FORWARD_BACKWARD_FACTOR * global_batch
@@ -356,6 +365,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
         "resolution": px, "compile_s": forward.compile_s, **stats,
         "gmacs_per_image": forward_macs / 1e9, "achieved_gflops": achieved,
         "peak_fraction": achieved / result["matmul_peak_gflops"],
+        "page_faults_per_step": float(np.median(forward.page_faults)),
         "xla_memory_bytes": forward.xla_memory_bytes}
   if args.input:
     log("measuring the input pipeline ...")
@@ -385,6 +395,8 @@ def format_table(r: dict[str, Any]) -> str:
                    f"{r['matmul_peak_gflops']:.1f} GFLOP/s matmul peak "
                    f"({r['matmul_size']}^2 {r['dtype']})"),
       ("peak memory", f"{r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['peak_memory_source']})"),
+      ("page faults", f"{r['page_faults_per_step']:.0f} per step (host memory reuse "
+                      f"{'on' if r['host_memory_reuse'] else 'off'})"),
   ]
   if r["xla_step_memory_bytes"] is not None:
     rows.append(("XLA step memory", f"{r['xla_step_memory_bytes'] / 2**20:.1f} MiB per "
@@ -464,7 +476,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+  reused = host_memory.reuse_freed_memory()
   args = parse_args(argv)
+  args.host_memory_reuse = reused
   try:
     # Progress goes to stderr so that --json leaves stdout parseable.
     result = benchmark(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
