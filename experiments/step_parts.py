@@ -3,13 +3,16 @@ r"""Where an NFNet training step's time goes on this backend, piece by piece.
     python -m experiments.step_parts                      # F0, 128 px, batch 8
     python -m experiments.step_parts --grouped_conv=im2col --no-optimizer
     python -m experiments.step_parts --conv_shapes        # F0's grouped 3x3 convs alone
+    python -m experiments.step_parts --compare_weight_grads --steps=16
 
 Times, each jitted on its own (median and min of `--steps` runs): the
 train-mode forward pass with the loss, forward and backward, and the update
 the training step applies after them (AGC, weight decay, Nesterov SGD, the
 weight EMA and the two global norms it logs). `--conv_shapes` times every
 grouped-conv formulation on the grouped 3x3 convolutions of F0 at 128 px,
-forward and forward + backward. `nfnets_jax.bench` times the whole step.
+forward and forward + backward. `--compare_weight_grads` times F0's forward
++ backward with each `layers.WEIGHT_GRADS` formulation, alternating them in
+one process. `nfnets_jax.bench` times the whole step.
 """
 from __future__ import annotations
 
@@ -102,6 +105,28 @@ def conv_shapes(args: argparse.Namespace) -> None:
             f" forward + backward {timed(both, x, w, steps=args.steps)}")
 
 
+def compare_weight_grads(args: argparse.Namespace) -> None:
+  grads = {}
+  for weight_grad in ("xla", "taps"):
+    # The models call conv2d with weight_grad='auto', so this picks what
+    # 'auto' means while the step is traced; both are compiled before timing.
+    layers.default_weight_grad = lambda weight_grad=weight_grad: weight_grad
+    loss, params, images = training_loss(args.variant, args.resolution, args.batch,
+                                         args.grouped_conv)
+    grads[weight_grad] = jax.jit(jax.grad(loss)).lower(params, images).compile()
+    jax.block_until_ready(grads[weight_grad](params, images))
+  times = {name: [] for name in grads}
+  for _ in range(args.steps):
+    for name, grad in grads.items():
+      start = time.perf_counter()
+      jax.block_until_ready(grad(params, images))
+      times[name].append(time.perf_counter() - start)
+  print(f"NFNet {args.variant}, {args.resolution} px, batch {args.batch}, forward + backward, "
+        f"{args.steps} alternating steps each")
+  for name, t in times.items():
+    print(f"  weight_grad={name:5s} median {np.median(t) * 1e3:7.1f} ms, min {min(t) * 1e3:7.1f} ms")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--variant", default="F0")
@@ -112,11 +137,15 @@ def main() -> None:
                       help="Also time the update after the backward pass.")
   parser.add_argument("--conv_shapes", action="store_true",
                       help="Time F0's grouped convs per formulation instead.")
+  parser.add_argument("--compare_weight_grads", action="store_true",
+                      help="Time forward + backward per kernel-gradient formulation instead.")
   parser.add_argument("--steps", type=int, default=5)
   args = parser.parse_args()
   host_memory.reuse_freed_memory()  # As the command-line tools do.
   if args.conv_shapes:
     conv_shapes(args)
+  elif args.compare_weight_grads:
+    compare_weight_grads(args)
   else:
     step_parts(args)
 

@@ -129,6 +129,49 @@ def test_grouped_conv_formulations_agree(groups, stride, size, padding):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=impl)
 
 
+
+@pytest.mark.parametrize("kernel,stride,size,groups,impl,padding", [
+    (3, 1, 9, 1, "split", "same"), (3, 2, 8, 1, "split", "same"),
+    (3, 2, 9, 1, "split", "symmetric"), (5, 1, 7, 1, "split", "same"),
+    (3, 2, 10, 3, "split", "symmetric"), (3, 1, 6, 2, "split", "same"),
+    (3, 2, 8, 2, "xla", "same")])
+def test_tap_weight_gradient_equals_xlas(kernel, stride, size, groups, impl, padding):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(size), 3)
+  x = jax.random.normal(kx, (2, size, size, 12))
+  w = jax.random.normal(kw, (kernel, kernel, 12 // groups, 6 * groups))
+  conv = {wg: (lambda wg: lambda x, w: layers.conv2d(x, w, stride, groups, impl, padding,
+                                                     weight_grad=wg))(wg)
+          for wg in ("xla", "taps")}
+  out = conv["xla"](x, w)
+  np.testing.assert_allclose(conv["taps"](x, w), out, rtol=1e-6, atol=1e-6)
+  cot = jax.random.normal(kg, out.shape)
+  grads = {wg: jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1))(x, w)
+           for wg, f in conv.items()}
+  for a, b in zip(grads["taps"], grads["xla"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  # The kernel gradient from its definition, dW[i, j] = sum x_pad(shifted) (x) cot.
+  pads = layers.window_padding(kernel, stride, padding)
+  if pads == "SAME":
+    pads = jax.lax.padtype_to_pads((size, size), (kernel, kernel), (stride, stride), "SAME")
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
+  c = np.asarray(cot, np.float64)
+  oh, ow = c.shape[1:3]
+  ig, og = 12 // groups, 6
+  expected = np.zeros(w.shape)
+  for g in range(groups):
+    for i in range(kernel):
+      for j in range(kernel):
+        taps = xp[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride,
+                  g * ig:(g + 1) * ig]
+        expected[i, j, :, g * og:(g + 1) * og] = np.einsum(
+            "nhwc,nhwo->co", taps, c[..., g * og:(g + 1) * og])
+  np.testing.assert_allclose(grads["taps"][1], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_rejects_unknown_weight_grad():
+  with pytest.raises(ValueError, match="Unknown weight_grad 'fast'"):
+    layers.conv2d(jnp.zeros((1, 4, 4, 4)), jnp.zeros((3, 3, 4, 4)), 1, weight_grad="fast")
+
 def test_1x1_conv_matches_xla_convolution_and_its_gradients():
   kx, kw, kg = jax.random.split(jax.random.PRNGKey(3), 3)
   x = jax.random.normal(kx, (2, 5, 6, 12))

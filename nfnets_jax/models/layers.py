@@ -156,7 +156,18 @@ def default_grouped_conv_impl() -> str:
   return "split" if jax.default_backend() == "cpu" else "xla"
 
 
+def default_weight_grad() -> str:
+  """What weight_grad='auto' runs on the default backend: 'taps' or 'xla'."""
+  # On CPU, XLA differentiates a 3x3 convolution into a whole-image-window
+  # convolution behind transposes; with the tap matmuls instead, F0's
+  # forward + backward ran 5% faster (experiments/step_parts.py
+  # --compare_weight_grads). 'taps' has a custom VJP: no forward-mode AD.
+  return "taps" if jax.default_backend() == "cpu" else "xla"
+
+
 GROUPED_CONV_IMPLS = ("auto", "xla", "split", "im2col")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+WEIGHT_GRADS = ("auto", "xla", "taps")
 PADDINGS = ("same", "symmetric")
 
 
@@ -189,7 +200,7 @@ def max_pool(x: Array, window: int, stride: int, padding: str = "same") -> Array
 
 
 def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
-           impl: str = "auto", padding: str = "same") -> Array:
+           impl: str = "auto", padding: str = "same", weight_grad: str = "auto") -> Array:
   """NHWC x HWIO convolution with `groups` feature groups.
 
   Args:
@@ -203,26 +214,42 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
       groups (same result); 'auto' picks by backend. Ungrouped stride-1 1x1
       convolutions are a matmul whatever `impl` says.
     padding: 'same' or 'symmetric', see `window_padding`.
+    weight_grad: how the kernel's gradient of a k x k (k > 1) dense
+      convolution, or of each group under 'split', is computed: 'xla'
+      differentiates the convolution; 'taps' contracts each kernel row's
+      stacked input taps with the output gradient in one matmul (same
+      result; reverse-mode differentiation only); 'auto' picks by backend,
+      see `default_weight_grad`.
 
   Returns:
     The output, NHWC.
   """
   if impl not in GROUPED_CONV_IMPLS:
     raise ValueError(f"Unknown grouped conv impl {impl!r}; choose one of {GROUPED_CONV_IMPLS}.")
+  if weight_grad not in WEIGHT_GRADS:
+    raise ValueError(f"Unknown weight_grad {weight_grad!r}; choose one of {WEIGHT_GRADS}.")
   if w.shape[:2] == (1, 1) and stride == 1 and groups == 1:
     # A matmul over channels. As a dot, its weight gradient is a matmul too;
     # as a convolution, XLA's CPU backend makes it a whole-image-window
     # convolution behind two transposes, several times slower.
     return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
-  conv = functools.partial(
-      jax.lax.conv_general_dilated, window_strides=(stride, stride),
-      padding=window_padding(w.shape[0], stride, padding), dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if impl == "auto":
     impl = default_grouped_conv_impl()
-  if groups == 1 or impl == "xla":
-    return conv(x, w, feature_group_count=groups)
-  if impl == "im2col":
-    return _im2col_conv(x, w, stride, groups, padding)
+  if weight_grad == "auto":
+    weight_grad = default_weight_grad()
+  pads = _explicit_pads(x.shape[1:3], w.shape[0], stride, padding)
+  if groups > 1 and impl == "xla":
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=_NHWC,
+                                        feature_group_count=groups)
+  if groups > 1 and impl == "im2col":
+    return _im2col_conv(x, w, stride, groups, pads)
+  if weight_grad == "taps":
+    conv = lambda x, w: _conv_with_tap_weight_grad(x, w, stride, pads)
+  else:
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                                     dimension_numbers=_NHWC)
+  if groups == 1:
+    return conv(x, w)
   # Group g reads input channels [g*I, (g+1)*I) and writes the g-th block of
   # output channels, so splitting both along their channel axes pairs them.
   xs = jnp.split(x, groups, axis=-1)
@@ -230,13 +257,11 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
   return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=-1)
 
 
-def _im2col_conv(x: Array, w: Array, stride: int, groups: int, padding: str) -> Array:
+def _im2col_conv(x: Array, w: Array, stride: int, groups: int,
+                 pads: tuple[tuple[int, int], ...]) -> Array:
   """`conv2d` as one batched matmul over groups of the k*k shifted input taps."""
-  n, h, width, _ = x.shape
+  n = x.shape[0]
   k, _, group_in, out_ch = w.shape
-  pads = window_padding(k, stride, padding)
-  if pads == "SAME":
-    pads = jax.lax.padtype_to_pads((h, width), (k, k), (stride, stride), "SAME")
   x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
   out_h = (x.shape[1] - k) // stride + 1
   out_w = (x.shape[2] - k) // stride + 1
@@ -251,6 +276,60 @@ def _im2col_conv(x: Array, w: Array, stride: int, groups: int, padding: str) -> 
   out = jnp.einsum("mgk,gko->mgo", taps, kernel)
   return out.reshape(n, out_h, out_w, out_ch)
 
+
+def _explicit_pads(spatial: Sequence[int], kernel: int, stride: int,
+                   padding: str) -> tuple[tuple[int, int], ...]:
+  """`window_padding` as ((low, high), (low, high)) for an input of `spatial` size."""
+  pads = window_padding(kernel, stride, padding)
+  if pads == "SAME":
+    pads = jax.lax.padtype_to_pads(spatial, (kernel, kernel), (stride, stride), "SAME")
+  return tuple(tuple(p) for p in pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_with_tap_weight_grad(x: Array, w: Array, stride: int,
+                               pads: tuple[tuple[int, int], ...]) -> Array:
+  """A dense NHWC x HWIO convolution whose kernel gradient is `_tap_weight_grad`."""
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=_NHWC)
+
+
+def _conv_forward(x, w, stride, pads):
+  return _conv_with_tap_weight_grad(x, w, stride, pads), (x, w)
+
+
+def _conv_backward(stride, pads, residuals, grad):
+  x, w = residuals
+  conv = lambda x: jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                                dimension_numbers=_NHWC)
+  (x_grad,) = jax.vjp(conv, x)[1](grad)
+  return x_grad, _tap_weight_grad(x, grad, w.shape[0], stride, pads)
+
+
+_conv_with_tap_weight_grad.defvjp(_conv_forward, _conv_backward)
+
+
+def _tap_weight_grad(x: Array, grad: Array, kernel: int, stride: int,
+                     pads: tuple[tuple[int, int], ...]) -> Array:
+  """The HWIO kernel gradient of a convolution from its input and output gradient.
+
+  `dW[i, j] = sum over (n, h, w) of x_pad[n, h*s + i, w*s + j, :] (x) grad[n, h, w, :]`.
+  For each kernel row i, the k column taps are stacked on the channel axis
+  and contracted with the output gradient in one matmul.
+  """
+  n, out_h, out_w, out_ch = grad.shape
+  in_ch = x.shape[-1]
+  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  grad_t = grad.reshape(-1, out_ch).T
+  rows = []
+  for i in range(kernel):
+    taps = jnp.concatenate([
+        x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
+        for j in range(kernel)], axis=-1)
+    # Materialised: fused into the matmul, the strided taps slow it down.
+    taps = jax.lax.optimization_barrier(taps.reshape(n * out_h * out_w, kernel * in_ch))
+    rows.append(grad_t @ taps)
+  # [kernel, out, kernel * in] -> [kernel, kernel, in, out].
+  return jnp.stack(rows).reshape(kernel, out_ch, kernel, in_ch).transpose(0, 2, 3, 1)
 
 WS_EPS_STYLES = ("floor", "add")
 
