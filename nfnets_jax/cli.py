@@ -9,7 +9,6 @@ from absl import flags
 from absl import logging
 
 from nfnets_jax import checkpointing
-from nfnets_jax import host_memory
 
 # Errors that are the user's to fix: one message, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, checkpointing.CheckpointReadError)
@@ -61,10 +60,8 @@ def run(main: Callable[[Sequence[str]], None], define_flags: Callable[[], None],
 
   Warnings and errors only from absl logging. `--help` lists the tool's flags
   also when it runs as a console script (absl lists those of the main
-  program's file only). On CPU hosts, freed host memory is kept for reuse
-  before JAX starts (`host_memory.reuse_freed_memory`).
+  program's file only).
   """
-  host_memory.reuse_freed_memory()
   define_flags()
   flags.mark_flags_as_required(list(required))
   for module in (sys.modules[main.__module__], sys.modules[__name__]):
