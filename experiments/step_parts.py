@@ -4,6 +4,7 @@ r"""Where an NFNet training step's time goes on this backend, piece by piece.
     python -m experiments.step_parts --grouped_conv=im2col --no-optimizer
     python -m experiments.step_parts --conv_shapes        # F0's grouped 3x3 convs alone
     python -m experiments.step_parts --compare_weight_grads --steps=16
+    python -m experiments.step_parts --compare_updates --steps=16
 
 Times, each jitted on its own (median and min of `--steps` runs): the
 train-mode forward pass with the loss, forward and backward, and the update
@@ -12,7 +13,10 @@ weight EMA and the two global norms it logs). `--conv_shapes` times every
 grouped-conv formulation on the grouped 3x3 convolutions of F0 at 128 px,
 forward and forward + backward. `--compare_weight_grads` times F0's forward
 + backward with each `layers.WEIGHT_GRADS` formulation, alternating them in
-one process. `nfnets_jax.bench` times the whole step.
+one process. `--compare_updates` alternates that update as the training step
+builds it (`optim.sgd_with_weight_decay`, `agc.global_norm`) with the same
+update from optax's transformations (`add_decayed_weights` then `sgd`,
+`optax.global_norm`). `nfnets_jax.bench` times the whole step.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nfnets_jax import agc
 from nfnets_jax import host_memory
 from nfnets_jax import models
 from nfnets_jax import optim
@@ -44,6 +49,17 @@ def timed(fn: Callable, *args, steps: int) -> str:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return f"median {np.median(times) * 1e3:7.1f} ms, min {min(times) * 1e3:7.1f} ms"
+
+
+def alternated(fns: dict[str, Callable], *args, steps: int) -> dict[str, list[float]]:
+  """Seconds per call of each compiled `fns[name](*args)`, run in turn."""
+  times = {name: [] for name in fns}
+  for _ in range(steps):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return times
 
 
 def training_loss(variant: str, resolution: int, batch: int,
@@ -70,12 +86,29 @@ def step_parts(args: argparse.Namespace) -> None:
   print(f"  forward (train mode)   {timed(jax.jit(loss), params, images, steps=args.steps)}")
   grad = jax.jit(jax.grad(loss))
   print(f"  forward + backward     {timed(grad, params, images, steps=args.steps)}")
-  if not args.optimizer:
-    return
+  if args.optimizer:
+    update, args_ = update_step(grad(params, images), params, args.batch)
+    print(f"  update (AGC, decay, SGD, EMA, norms) over "
+          f"{sum(p.size for p in jax.tree.leaves(params)) / 1e6:.1f} M params: "
+          f"{timed(jax.jit(update), *args_, steps=args.steps)}")
+
+
+def update_step(grads: Any, params: Any, batch: int, reference: bool = False
+                ) -> tuple[Callable, tuple]:
+  """(update, its arguments): what the training step does after the backward
+  pass; `reference` builds it from optax's own transformations instead."""
   config = optim.default_config()
-  optimizer, _ = optim.build_optimizer(config, batch_size=args.batch, total_steps=10_000,
-                                       steps_per_epoch=100)
-  grads = grad(params, images)
+  optimizer, schedule = optim.build_optimizer(config, batch_size=batch, total_steps=10_000,
+                                              steps_per_epoch=100)
+  norm = agc.global_norm
+  if reference:
+    optimizer = optax.chain(
+        optax.masked(agc.adaptive_grad_clip(config.clipping, config.clipping_eps),
+                     optim.exclusion_mask(config.agc_exclude)),
+        optax.add_decayed_weights(config.weight_decay,
+                                  optim.exclusion_mask(config.weight_decay_exclude)),
+        optax.sgd(schedule, config.momentum, nesterov=config.nesterov))
+    norm = optax.global_norm
 
   # The gradients are an argument: closed over, they would be XLA constants
   # and their norms folded away at compile time.
@@ -83,12 +116,31 @@ def step_parts(args: argparse.Namespace) -> None:
     updates, opt_state = optimizer.update(g, opt_state, p)
     new = optax.apply_updates(p, updates)
     ema = optim.ema_update(ema, new, jnp.int32(100), config.ema_decay)
-    return new, opt_state, ema, optax.global_norm(g), optax.global_norm(new)
+    return new, opt_state, ema, norm(g), optax.global_norm(new)
+  return update, (params, grads, optimizer.init(params), params)
 
-  args_ = (params, grads, optimizer.init(params), params)
-  print(f"  update (AGC, decay, SGD, EMA, norms) over "
-        f"{sum(p.size for p in jax.tree.leaves(params)) / 1e6:.1f} M params: "
-        f"{timed(jax.jit(update), *args_, steps=args.steps)}")
+
+def compare_updates(args: argparse.Namespace) -> None:
+  loss, params, images = training_loss(args.variant, args.resolution, args.batch,
+                                       args.grouped_conv)
+  grads = jax.jit(jax.grad(loss))(params, images)
+  fns, outputs = {}, {}
+  for name, reference in (("nfnets_jax", False), ("optax chain", True)):
+    update, args_ = update_step(grads, params, args.batch, reference)
+    fns[name] = jax.jit(update).lower(*args_).compile()
+    p, _, s, ema = args_
+    for _ in range(3):  # Past the first warm-up step, whose learning rate is 0.
+      p, s, ema, *norms = fns[name](p, grads, s, ema)
+    outputs[name] = (p, s, ema, norms)
+  # Both start from the same state: the optimizer states' trees are equal.
+  difference = max(jax.tree.leaves(jax.tree.map(
+      lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)),
+      *outputs.values())))
+  times = alternated(fns, *args_, steps=args.steps)
+  print(f"NFNet {args.variant} update after the backward pass, {args.steps} alternating "
+        f"steps each; after 3 updates, largest relative difference of the outputs {difference:.1e}")
+  for name, t in times.items():
+    print(f"  {name:11s} median {np.median(t) * 1e3:7.1f} ms, min {min(t) * 1e3:7.1f} ms")
 
 
 def conv_shapes(args: argparse.Namespace) -> None:
@@ -115,12 +167,7 @@ def compare_weight_grads(args: argparse.Namespace) -> None:
                                          args.grouped_conv)
     grads[weight_grad] = jax.jit(jax.grad(loss)).lower(params, images).compile()
     jax.block_until_ready(grads[weight_grad](params, images))
-  times = {name: [] for name in grads}
-  for _ in range(args.steps):
-    for name, grad in grads.items():
-      start = time.perf_counter()
-      jax.block_until_ready(grad(params, images))
-      times[name].append(time.perf_counter() - start)
+  times = alternated(grads, params, images, steps=args.steps)
   print(f"NFNet {args.variant}, {args.resolution} px, batch {args.batch}, forward + backward, "
         f"{args.steps} alternating steps each")
   for name, t in times.items():
@@ -139,6 +186,8 @@ def main() -> None:
                       help="Time F0's grouped convs per formulation instead.")
   parser.add_argument("--compare_weight_grads", action="store_true",
                       help="Time forward + backward per kernel-gradient formulation instead.")
+  parser.add_argument("--compare_updates", action="store_true",
+                      help="Time the update against optax's transformations instead.")
   parser.add_argument("--steps", type=int, default=5)
   args = parser.parse_args()
   host_memory.reuse_freed_memory()  # As the command-line tools do.
@@ -146,6 +195,8 @@ def main() -> None:
     conv_shapes(args)
   elif args.compare_weight_grads:
     compare_weight_grads(args)
+  elif args.compare_updates:
+    compare_updates(args)
   else:
     step_parts(args)
 

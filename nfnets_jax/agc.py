@@ -91,6 +91,18 @@ def unitwise_norm(x: jax.Array) -> jax.Array:
   return _norm(x, _reduction_axes(jnp.shape(x)))
 
 
+def global_norm(tree: Any) -> jax.Array:
+  """`optax.global_norm` of `tree`, summed from its unit norms, in float32.
+
+  Equal to the norm over every element (to float32 rounding); computed from
+  `unitwise_norm`, the reductions AGC itself makes, so that XLA merges the
+  two (common subexpressions) and logging the gradient's norm next to AGC
+  does not read the gradients again.
+  """
+  return jnp.sqrt(sum((jnp.sum(jnp.square(unitwise_norm(x)))
+                       for x in jax.tree.leaves(tree)), jnp.zeros([], jnp.float32)))
+
+
 class AdaptiveGradClipState(NamedTuple):
   """State of `adaptive_grad_clip`.
 

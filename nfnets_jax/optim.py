@@ -199,6 +199,77 @@ def _base_optimizer(config: ml_collections.ConfigDict, schedule: Schedule,
   return builders[config.name]()
 
 
+def sgd_with_weight_decay(
+    learning_rate: Union[float, Schedule], momentum: float, *, nesterov: bool,
+    weight_decay: float, mask: Union[Any, Callable[[Any], Any], None] = None,
+) -> optax.GradientTransformation:
+  """Weight decay then SGD with momentum, in one transformation.
+
+  The same updates (to float32 rounding) and the same state tree as
+  `optax.chain(optax.add_decayed_weights(weight_decay, mask),
+  optax.sgd(learning_rate, momentum, nesterov))`, so checkpoints of either
+  restore into the other. It exists for speed on XLA:CPU, which does not fuse
+  one loop into several outputs: in the chain, the decayed gradient
+  `g + wd * p` feeds both the new momentum and the update, so XLA writes it
+  out and reads it back for every tensor. Written here as
+  `m' = (mu * m + g) + wd * p` and `u = -lr * (g + mu * m') - lr * wd * p`
+  (Nesterov; `u = -lr * m'` without), each output is one loop over its
+  inputs: the NFNet-F0 update reads and writes about a third fewer bytes.
+
+  Args:
+    learning_rate: a constant or a schedule of the step count.
+    momentum: momentum coefficient, > 0.
+    nesterov: Nesterov momentum (else heavy-ball).
+    weight_decay: coefficient of the L2 term added to the gradient, >= 0.
+    mask: which leaves are decayed, as for `optax.add_decayed_weights` (a
+      tree of bools or a function of the params returning one; None: all).
+
+  Returns:
+    An `optax.GradientTransformation`; its `update` requires `params`.
+  """
+  if not momentum > 0:
+    raise ValueError(f"sgd_with_weight_decay needs momentum > 0, got "
+                     f"{momentum}; use optax.sgd for plain SGD.")
+  reference = optax.chain(optax.add_decayed_weights(weight_decay, mask),
+                          optax.sgd(learning_rate, momentum, nesterov=nesterov))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("sgd_with_weight_decay needs the parameters: call "
+                       "`update(grads, opt_state, params)`.")
+    decay_state, (trace_state, lr_state) = state
+    decayed = mask(params) if callable(mask) else mask
+    if decayed is None:
+      decayed = jax.tree.map(lambda _: True, params)
+    if callable(learning_rate):
+      lr = learning_rate(lr_state.count)
+      lr_state = lr_state._replace(count=optax.safe_int32_increment(lr_state.count))
+    else:
+      lr = learning_rate
+
+    def leaf(g, m, p, decay):
+      wd = weight_decay if decay else 0.0
+      new_m = momentum * m + g
+      if wd:
+        new_m = new_m + wd * p
+      if not nesterov:
+        return -lr * new_m, new_m.astype(m.dtype)
+      update = -lr * (g + momentum * new_m)
+      if wd:
+        update = update - (lr * wd) * p
+      return update, new_m.astype(m.dtype)
+
+    treedef = jax.tree.structure(updates)
+    pairs = [leaf(*args) for args in zip(
+        treedef.flatten_up_to(updates), treedef.flatten_up_to(trace_state.trace),
+        treedef.flatten_up_to(params), treedef.flatten_up_to(decayed))]
+    new_updates = treedef.unflatten([u for u, _ in pairs])
+    trace_state = trace_state._replace(trace=treedef.unflatten([m for _, m in pairs]))
+    return new_updates, (decay_state, (trace_state, lr_state))
+
+  return optax.GradientTransformation(reference.init, update_fn)
+
+
 def _check_sam(rho: float, batch_fraction: float) -> None:
   if not rho >= 0:
     raise ValueError(f"sam.rho must be >= 0 (0 disables SAM), got {rho}.")
@@ -249,10 +320,37 @@ def build_optimizer(
         agc.adaptive_grad_clip(config.clipping, config.clipping_eps),
         exclusion_mask(agc_exclude or config.agc_exclude,
                        require_match=True)))
+  if config.name in ("sgd", "momentum") and config.momentum and config.weight_decay:
+    fused = sgd_with_weight_decay(
+        schedule, config.momentum, weight_decay=config.weight_decay,
+        mask=decay_mask, nesterov=config.name == "sgd" and config.nesterov)
+    return _chain_spliced(chain, fused), schedule
   if config.weight_decay and config.name != "adamw":
     chain.append(optax.add_decayed_weights(config.weight_decay, decay_mask))
   chain.append(_base_optimizer(config, schedule, decay_mask))
   return optax.chain(*chain), schedule
+
+
+def _chain_spliced(head: list[optax.GradientTransformation],
+                   last: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optax.chain(*head, last)` with the parts of `last`'s tuple state spliced in.
+
+  With `last = sgd_with_weight_decay(...)` the state tree is that of
+  `optax.chain(*head, add_decayed_weights, sgd)`, what `build_optimizer`
+  built before the fusion: checkpoints of earlier runs restore unchanged.
+  """
+  def init_fn(params):
+    return (*(t.init(params) for t in head), *last.init(params))
+
+  def update_fn(updates, state, params=None):
+    new_state = []
+    for t, s in zip(head, state):
+      updates, s = t.update(updates, s, params)
+      new_state.append(s)
+    updates, last_state = last.update(updates, state[len(head):], params)
+    return updates, (*new_state, *last_state)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:

@@ -189,7 +189,7 @@ def make_train_step(forward: hk.TransformedWithState,
     }
     metrics = jax.lax.pmean(metrics, AXIS)
     metrics["learning_rate"] = schedule(state.step)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = agc.global_norm(grads)  # Shares AGC's reductions.
     metrics["param_norm"] = optax.global_norm(params)
     fraction = agc.clipped_fraction(opt_state)
     if fraction is not None:

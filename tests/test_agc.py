@@ -132,6 +132,16 @@ def test_matches_numpy_loop_over_units(seed):
   np.testing.assert_allclose(agc.clipped_fraction(state), fraction, rtol=1e-6)
 
 
+def test_global_norm_equals_optax():
+  rng = np.random.default_rng(3)
+  tree = {"conv": rng.normal(size=(3, 3, 4, 5)), "w": rng.normal(size=(6, 7)),
+          "b": rng.normal(size=(7,)), "s": np.float32(2.0)}
+  tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+  expected = np.sqrt(sum(np.sum(np.float64(x) ** 2) for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(agc.global_norm(tree), expected, rtol=1e-6)
+  np.testing.assert_allclose(agc.global_norm(tree), optax.global_norm(tree), rtol=1e-6)
+
+
 def test_unitwise_norm_per_layout():
   rng = np.random.default_rng(3)
   conv = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)

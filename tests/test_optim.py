@@ -298,6 +298,90 @@ def _no_clip_config(name):
   return config
 
 
+def _optax_decay_then_sgd(lr, nesterov, mask):
+  return optax.chain(optax.add_decayed_weights(0.1, mask),
+                     optax.sgd(lr, 0.9, nesterov=nesterov))
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("lr", [0.1, optax.linear_schedule(0.2, 0.05, 3)])
+def test_sgd_with_weight_decay_equals_the_optax_chain(nesterov, lr):
+  params, grads = _tiny_problem()
+  mask = lambda tree: {"lin": {"w": True, "b": False}}
+  fused = optim.sgd_with_weight_decay(lr, 0.9, nesterov=nesterov,
+                                      weight_decay=0.1, mask=mask)
+  reference = _optax_decay_then_sgd(lr, nesterov, mask)
+  ours, state = params, fused.init(params)
+  theirs, ref_state = params, reference.init(params)
+  # The same state tree: checkpoints of either restore into the other.
+  assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+  step = jax.jit(fused.update)
+  for g in grads:
+    updates, state = step(g, state, ours)
+    ref_updates, ref_state = reference.update(g, ref_state, theirs)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
+                 updates, ref_updates)
+    ours = optax.apply_updates(ours, updates)
+    theirs = optax.apply_updates(theirs, ref_updates)
+  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
+               state, ref_state)
+
+
+def test_sgd_with_weight_decay_needs_momentum_and_params():
+  with pytest.raises(ValueError, match="momentum > 0"):
+    optim.sgd_with_weight_decay(0.1, 0.0, nesterov=True, weight_decay=0.1)
+  tx = optim.sgd_with_weight_decay(0.1, 0.9, nesterov=True, weight_decay=0.1)
+  params, grads = _tiny_problem()
+  with pytest.raises(ValueError, match="needs the parameters"):
+    tx.update(grads[0], tx.init(params))
+
+
+def _tensor_writes(fn, params, leaf_shape):
+  """Instructions of the compiled `fn` writing a tensor of `leaf_shape`."""
+  state = jax.eval_shape(lambda: fn.init(params))
+  text = jax.jit(fn.update).lower(params, state, params).compile().as_text()
+  entry = text[text.index("\nENTRY"):]
+  shape = "f32[" + ",".join(map(str, leaf_shape)) + "]"
+  return [line for line in entry.splitlines()
+          if f"= {shape}" in line and "parameter(" not in line]
+
+
+def test_sgd_with_weight_decay_writes_each_output_once():
+  # Why the fused transformation exists: as an optax chain XLA:CPU writes the
+  # decayed gradient out as well as the two results (new momentum, update).
+  shape = (3, 3, 64, 128)
+  params = {"w": jnp.ones(shape)}
+  fused = optax.chain(agc.adaptive_grad_clip(0.01), optim.sgd_with_weight_decay(
+      0.1, 0.9, nesterov=True, weight_decay=2e-5))
+  chain = optax.chain(agc.adaptive_grad_clip(0.01),
+                      _optax_decay_then_sgd(0.1, True, None))
+  assert len(_tensor_writes(fused, params, shape)) == 2
+  assert len(_tensor_writes(chain, params, shape)) == 3
+
+
+def test_build_optimizer_equals_the_unfused_optax_chain():
+  params, _ = _tiny_problem()
+  params["head/~/linear"] = {"w": params["lin"]["w"]}
+  config = optim.default_config()
+  config.agc_exclude = r"^head/"
+  tx, schedule = optim.build_optimizer(config, batch_size=256, total_steps=100,
+                                       steps_per_epoch=10)
+  decay_mask = optim.exclusion_mask(config.weight_decay_exclude)
+  # The unfused chain build_optimizer made before: its checkpoints restore.
+  reference = optax.chain(
+      optax.masked(agc.adaptive_grad_clip(0.01), optim.exclusion_mask(r"^head/")),
+      optax.add_decayed_weights(config.weight_decay, decay_mask),
+      optax.sgd(schedule, config.momentum, nesterov=True))
+  state, ref_state = tx.init(params), reference.init(params)
+  assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+  grads = jax.tree.map(lambda p: 0.3 * p + 0.01, params)
+  for _ in range(3):  # Past the first warm-up step, whose learning rate is 0.
+    updates, state = tx.update(grads, state, params)
+    ref_updates, ref_state = reference.update(grads, ref_state, params)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-9),
+                 (updates, state), (ref_updates, ref_state))
+
+
 def test_heavy_ball_momentum():
   params, grads = _tiny_problem()
   out, _ = _run(_no_clip_config("momentum"), params, grads)
