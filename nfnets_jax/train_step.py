@@ -170,7 +170,7 @@ def make_train_step(forward: hk.TransformedWithState,
         batch_fraction=config.optimizer.sam.batch_fraction, axis_name=AXIS)
     # BatchNorm statistics: averaged like the gradients, kept in their dtype.
     model_state = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                               jax.lax.pmean(model_state, AXIS),
+                               optim.cross_device_mean(model_state, AXIS),
                                state.model_state)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -187,7 +187,7 @@ def make_train_step(forward: hk.TransformedWithState,
         "top1": topk_correct(logits, labels, 1).mean(),
         "top5": topk_correct(logits, labels, TOP_K).mean(),
     }
-    metrics = jax.lax.pmean(metrics, AXIS)
+    metrics = optim.cross_device_mean(metrics, AXIS)
     metrics["learning_rate"] = schedule(state.step)
     metrics["grad_norm"] = agc.global_norm(grads)  # Shares AGC's reductions.
     metrics["param_norm"] = optax.global_norm(params)

@@ -607,3 +607,14 @@ def test_agc_after_sam_still_clips():
     assert not np.allclose(clipped, expected[k])
     np.testing.assert_allclose(updates[k], clipped, rtol=1e-5)
   assert float(agc.clipped_fraction(state)) == 1.0
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_cross_device_mean(devices):
+  x = np.arange(devices * 3, dtype=np.float32).reshape(devices, 3)
+  mean = jax.pmap(lambda t: optim.cross_device_mean(t, "d"), axis_name="d",
+                  devices=jax.local_devices()[:devices])
+  np.testing.assert_allclose(mean({"x": x})["x"], np.broadcast_to(x.mean(0), x.shape))
+  # One device: no all-reduce at all (XLA would copy every operand).
+  hlo = mean.lower({"x": x}).compile().as_text()
+  assert ("all-reduce" in hlo) == (devices > 1)
