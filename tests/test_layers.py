@@ -70,6 +70,38 @@ def test_ws_conv_equals_numpy_standardisation(kernel, stride):
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def _standardize_by_autodiff(flat, gain, eps, eps_style):
+  """The formulation `layers.standardize` replaces, differentiated by JAX."""
+  n = flat.shape[0]
+  mean, var = jnp.mean(flat, axis=0), jnp.var(flat, axis=0)
+  denominator = jnp.maximum(var * n, eps) if eps_style == "floor" else (var + eps) * n
+  scale = jax.lax.rsqrt(denominator) * gain
+  return flat * scale - mean * scale
+
+
+@pytest.mark.parametrize("eps_style, eps", [("floor", 1e-4), ("add", 1e-5), ("add", 0.3)])
+def test_standardize_equals_autodiff_in_outputs_and_gradients(eps_style, eps):
+  rng = np.random.default_rng(4)
+  flat = rng.normal(0.2, 0.5, size=(72, 6)).astype(np.float32)
+  flat[:, 2] = 0.7  # Zero variance.
+  # N * var = 7e-7, below the floor: its output and gradient ignore the variance.
+  flat[:, 3] = 0.01 + 1e-4 * rng.normal(size=72)
+  gain = rng.uniform(0.5, 2, 6).astype(np.float32)
+  cotangent = rng.normal(size=flat.shape).astype(np.float32)
+  outputs, grads = [], []
+  # The reference in float64: column 3 loses digits to cancellation in float32.
+  for fn, dtype in ((layers.standardize, np.float32), (_standardize_by_autodiff, np.float64)):
+    with jax.enable_x64(bool(dtype == np.float64)):
+      args = [np.asarray(a, dtype) for a in (flat, gain, cotangent)]
+      loss = lambda w, g: jnp.vdot(fn(w, g, eps, eps_style), args[2])
+      outputs.append(np.asarray(fn(*args[:2], eps, eps_style)))
+      grads.append(jax.device_get(jax.jit(jax.grad(loss, argnums=(0, 1)))(*args[:2])))
+  for ours, reference in zip((outputs[0], *grads[0]), (outputs[1], *grads[1])):
+    scale = np.max(np.abs(reference))
+    np.testing.assert_allclose(ours / scale, reference / scale, rtol=1e-5, atol=1e-5)
+  assert np.all(np.isfinite(grads[0][0]))
+
+
 def test_ws_conv_floors_variance_at_eps():
   # A constant filter has zero variance: standardisation must give zeros, not NaN.
   x = jnp.ones((1, 4, 4, 2))

@@ -331,6 +331,54 @@ def _tap_weight_grad(x: Array, grad: Array, kernel: int, stride: int,
   # [kernel, out, kernel * in] -> [kernel, kernel, in, out].
   return jnp.stack(rows).reshape(kernel, out_ch, kernel, in_ch).transpose(0, 2, 3, 1)
 
+def _ws_forward(flat: Array, gain: Array, eps: float, eps_style: str):
+  fan_in = flat.shape[0]
+  mean = jnp.mean(flat, axis=0)
+  n_var = jnp.sum(jnp.square(flat - mean), axis=0)
+  if eps_style == "floor":
+    live = n_var > eps  # Where the floor holds, the variance has no gradient.
+    denominator = jnp.maximum(n_var, eps)
+  else:
+    live = jnp.ones_like(n_var, bool)
+    denominator = n_var + eps * fan_in
+  inv_std = jax.lax.rsqrt(denominator)
+  # Fused (w - mean) * scale, with scale = gain / sqrt(denominator).
+  scale = inv_std * gain
+  return flat * scale - mean * scale, (flat, mean, inv_std, gain, live)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def standardize(flat: Array, gain: Array, eps: float, eps_style: str) -> Array:
+  """`gain * (W - mean) / sqrt(N * var)` per column of a [N, out] weight.
+
+  The denominator is `max(N * var, eps)` ('floor') or `N * (var + eps)`
+  ('add'). Its gradient is written out (`_ws_backward`): two column sums of
+  the output gradient and one elementwise pass, where differentiating the
+  mean and the variance makes XLA materialise `W - mean` and read the
+  weights twice more (F0's 57 standardisations, forward and backward, took
+  a quarter less time on CPU).
+  """
+  return _ws_forward(flat, gain, eps, eps_style)[0]
+
+
+def _ws_backward(eps, eps_style, residuals, grad):
+  del eps, eps_style  # Their effect is in `live` and `inv_std`.
+  flat, mean, inv_std, gain, live = residuals
+  # With c = W - mean, r = inv_std, s = gain * r and y = c * s:
+  #   dW = s * (dy - mean(dy)) - gain * r^3 * sum(dy * c) * c  (d r / d(N var)
+  #   = -r^3 / 2, d(N var) / dW = 2 c), dgain = r * sum(dy * c).
+  sum_grad = jnp.sum(grad, axis=0)
+  sum_grad_centred = jnp.sum(grad * (flat - mean), axis=0)
+  scale = inv_std * gain
+  var_term = jnp.where(live, gain * inv_std**3 * sum_grad_centred, 0.0)
+  flat_grad = (grad * scale - var_term * flat
+               + (var_term * mean - scale * sum_grad / flat.shape[0]))
+  return flat_grad, inv_std * sum_grad_centred
+
+
+standardize.defvjp(_ws_forward, _ws_backward)
+
+
 WS_EPS_STYLES = ("floor", "add")
 
 
@@ -392,16 +440,8 @@ class WSConv2D(hk.Module):
     # unit axes of a [1, 1, I, O] kernel several times slower (measured 105 ms
     # vs 9 ms, forward + backward, for F0's 1536 x 3072 final conv).
     flat = w.reshape(-1, w.shape[-1])
-    fan_in = flat.shape[0]
-    mean = jnp.mean(flat, axis=0)
-    var = jnp.var(flat, axis=0)
-    if self.eps_style == "floor":
-      denominator = jnp.maximum(var * fan_in, self.eps)
-    else:
-      denominator = (var + self.eps) * fan_in
-    # Fused (w - mean) * scale, with scale = gain / sqrt(denominator).
-    scale = jax.lax.rsqrt(denominator) * gain
-    return (flat * scale - mean * scale).reshape(w.shape)
+    return standardize(flat, gain, self.eps, self.eps_style).reshape(w.shape)
+
 
   def __call__(self, x: Array) -> Array:
     in_ch = x.shape[-1]
