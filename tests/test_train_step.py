@@ -167,18 +167,3 @@ def test_evaluation_counts_every_example_once_against_brute_force(model):
   assert metrics["top5"] == pytest.approx(
       np.mean((order[:, :5] == labels[:, None]).any(1)))
   assert 0 < metrics["top1"] < 1  # A test that can tell right from wrong.
-
-
-@pytest.mark.parametrize("donate_state", [None, True])
-def test_state_donated_on_request_and_not_by_default_on_cpu(model, donate_state):
-  forward, optimizer, schedule, initial = model
-  step = ts.make_train_step(forward, optimizer, schedule, _config(), donate_state)
-  state = ts.replicate(initial, 1)
-  batch = jax.tree.map(lambda x: x[None], next(_batches(1, 4)))
-  new_state, _ = step(state, batch)
-  donated = donate_state or jax.default_backend() != "cpu"
-  assert state.params["NFNet/~/linear"]["w"].is_deleted() == donated
-  if not donated:  # The old state is intact and the step reproducible from it.
-    again, _ = step(state, batch)
-    np.testing.assert_array_equal(_flat(jax.device_get(again.params)),
-                                  _flat(jax.device_get(new_state.params)))
