@@ -331,6 +331,7 @@ def _tap_weight_grad(x: Array, grad: Array, kernel: int, stride: int,
   # [kernel, out, kernel * in] -> [kernel, kernel, in, out].
   return jnp.stack(rows).reshape(kernel, out_ch, kernel, in_ch).transpose(0, 2, 3, 1)
 
+
 def _ws_forward(flat: Array, gain: Array, eps: float, eps_style: str):
   fan_in = flat.shape[0]
   mean = jnp.mean(flat, axis=0)
@@ -441,7 +442,6 @@ class WSConv2D(hk.Module):
     # vs 9 ms, forward + backward, for F0's 1536 x 3072 final conv).
     flat = w.reshape(-1, w.shape[-1])
     return standardize(flat, gain, self.eps, self.eps_style).reshape(w.shape)
-
 
   def __call__(self, x: Array) -> Array:
     in_ch = x.shape[-1]
