@@ -92,15 +92,21 @@ def unitwise_norm(x: jax.Array) -> jax.Array:
 
 
 def global_norm(tree: Any) -> jax.Array:
-  """`optax.global_norm` of `tree`, summed from its unit norms, in float32.
+  """`optax.global_norm` of `tree`, in float32, summed from unit norms.
 
-  Equal to the norm over every element (to float32 rounding); computed from
-  `unitwise_norm`, the reductions AGC itself makes, so that XLA merges the
-  two (common subexpressions) and logging the gradient's norm next to AGC
-  does not read the gradients again.
+  Equal to the norm over every element (to float32 rounding). Each leaf AGC
+  has units for goes through `unitwise_norm`, the reductions AGC itself
+  makes, so that XLA merges the two (common subexpressions) and logging the
+  gradient's norm next to AGC does not read the gradients again; other
+  leaves (rank above 4) are reduced whole.
   """
-  return jnp.sqrt(sum((jnp.sum(jnp.square(unitwise_norm(x)))
-                       for x in jax.tree.leaves(tree)), jnp.zeros([], jnp.float32)))
+  def sum_of_squares(x):
+    if x.ndim <= 4 or sum(d != 1 for d in x.shape) <= 1:
+      x = unitwise_norm(x)
+    return jnp.sum(jnp.square(x.astype(_compute_dtype(x.dtype))))
+
+  return jnp.sqrt(sum((sum_of_squares(x) for x in jax.tree.leaves(tree)),
+                      jnp.zeros([], jnp.float32)))
 
 
 class AdaptiveGradClipState(NamedTuple):

@@ -135,7 +135,8 @@ def test_matches_numpy_loop_over_units(seed):
 def test_global_norm_equals_optax():
   rng = np.random.default_rng(3)
   tree = {"conv": rng.normal(size=(3, 3, 4, 5)), "w": rng.normal(size=(6, 7)),
-          "b": rng.normal(size=(7,)), "s": np.float32(2.0)}
+          "b": rng.normal(size=(7,)), "s": np.float32(2.0),
+          "conv3d": rng.normal(size=(2, 3, 3, 4, 5))}  # No AGC units: reduced whole.
   tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
   expected = np.sqrt(sum(np.sum(np.float64(x) ** 2) for x in jax.tree.leaves(tree)))
   np.testing.assert_allclose(agc.global_norm(tree), expected, rtol=1e-6)
