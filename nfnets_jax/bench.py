@@ -11,7 +11,8 @@ The timed step is the training system's own (`train_step.make_train_step` on
 the optimizer of `optim.build_optimizer`): forward, backward, cross-device
 mean, AGC, weight decay, SGD and the weight EMA, on random images already on
 the devices. `--forward` also times the inference forward pass (the
-evaluation step's model call, eval mode, at the test resolution). Steps of the
+evaluation step's model call, eval mode, at the test resolution, on weights
+standardised once beforehand as evaluation does). Steps of the
 measured variants (e.g. with and without AGC) are interleaved, so load that
 changes during the run affects them alike. The same command runs on CPU, GPU
 and TPU; `--batch` is per device.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -35,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from nfnets_jax.models import counting
+from nfnets_jax.models import inference
 from nfnets_jax import data
 from nfnets_jax import host_memory
 from nfnets_jax.models import layers
@@ -135,15 +138,21 @@ def build_variant(config: ml_collections.ConfigDict, num_classes: int,
 
 def build_forward_variant(config: ml_collections.ConfigDict, num_classes: int,
                           per_device_batch: int, resolution: int) -> Variant:
-  """Compiles the inference forward pass: the model in eval mode, logits out."""
+  """Compiles the inference forward pass as evaluation runs it, logits out.
+
+  The model in eval mode on weights whose standardisation is done once
+  (`models.inference`, the evaluation step's `prepare`), outside the timing.
+  """
   forward = models.transform(config.model.name, num_classes, **config.model.kwargs)
   dtype = ts.compute_dtype(config.train.compute_dtype)
   params, model_state = ts.init_model(forward, jax.random.PRNGKey(config.seed),
                                       (resolution, resolution, 3))
-  weights = ts.replicate((ts.cast_floats(params, dtype), model_state))
   batch = _random_batch(num_classes, per_device_batch, resolution)
   images = batch["images"].astype(dtype)
-  apply = jax.pmap(lambda w, x: forward.apply(*w, None, x, is_training=False)[0]["logits"])
+  params, model_state = ts.replicate((ts.cast_floats(params, dtype), model_state))
+  weights = (jax.pmap(functools.partial(inference.standardized_params, forward))(
+      params, model_state, images), model_state)
+  apply = jax.pmap(lambda w, x: inference.apply_standardized(forward, *w, x)["logits"])
   start = time.perf_counter()
   compiled = apply.lower(weights, images).compile()
   compile_s = time.perf_counter() - start

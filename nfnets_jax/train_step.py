@@ -19,6 +19,7 @@ import optax
 
 from nfnets_jax import agc
 from nfnets_jax import optim
+from nfnets_jax.models import inference
 
 AXIS = "batch"  # The pmap axis: all devices of all processes.
 TOP_K = 5
@@ -203,40 +204,59 @@ def make_train_step(forward: hk.TransformedWithState,
   return jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,))
 
 
+class EvalStep(NamedTuple):
+  """The pmapped halves of evaluation, from `make_eval_step`.
+
+  Attributes:
+    prepare: `(params, model_state, images) -> weights`: the weights with
+      their standardisation done (`models.inference`), once per evaluation.
+    sums: `(weights, model_state, batch) -> sums` of one batch.
+  """
+  prepare: Callable
+  sums: Callable
+
+
 def make_eval_step(forward: hk.TransformedWithState,
-                   config: ml_collections.ConfigDict) -> Callable:
-  """The pmapped `eval_step(params, model_state, batch) -> sums`.
+                   config: ml_collections.ConfigDict) -> EvalStep:
+  """Pmapped evaluation of replicated weights; `evaluate` runs it.
 
   `batch` has 'images' [D, B, H, W, C], integer 'labels' [D, B] and 'mask'
-  [D, B] (0 on padding). Returns the sums over all devices of the masked
-  loss, top1, top5 and the example count.
+  [D, B] (0 on padding); `sums` returns the sums over all devices of the
+  masked loss, top1, top5 and the example count.
   """
   dtype = compute_dtype(config.train.compute_dtype)
 
-  def eval_step(params, model_state, batch):
-    out, _ = forward.apply(cast_floats(params, dtype), model_state, None,
-                           batch["images"].astype(dtype), is_training=False)
+  def prepare(params, model_state, images):
+    return inference.standardized_params(forward, cast_floats(params, dtype),
+                                         model_state, images.astype(dtype))
+
+  def sums(weights, model_state, batch):
+    out = inference.apply_standardized(forward, weights, model_state,
+                                       batch["images"].astype(dtype))
     logits = out["logits"].astype(jnp.float32)
     labels = batch["labels"].astype(jnp.int32)
     mask = batch["mask"].astype(jnp.float32)
-    sums = {
+    per_example = {
         "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
         "top1": topk_correct(logits, labels, 1),
         "top5": topk_correct(logits, labels, TOP_K),
         "count": jnp.ones_like(mask),
     }
-    sums = {k: jnp.sum(v * mask) for k, v in sums.items()}
-    return jax.lax.psum(sums, AXIS)
+    totals = {k: jnp.sum(v * mask) for k, v in per_example.items()}
+    return jax.lax.psum(totals, AXIS)
 
-  return jax.pmap(eval_step, axis_name=AXIS)
+  return EvalStep(jax.pmap(prepare, axis_name=AXIS), jax.pmap(sums, axis_name=AXIS))
 
 
-def evaluate(eval_step: Callable, params: Any, model_state: Any,
+def evaluate(eval_step: EvalStep, params: Any, model_state: Any,
              batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
   """Mean loss, top1, top5 over the batches (padding excluded) and `count`."""
   totals: dict[str, float] = {}
+  weights = None
   for batch in batches:
-    sums = unreplicate(eval_step(params, model_state, batch))
+    if weights is None:
+      weights = eval_step.prepare(params, model_state, batch["images"])
+    sums = unreplicate(eval_step.sums(weights, model_state, batch))
     for key, value in sums.items():
       totals[key] = totals.get(key, 0.0) + float(value)
   count = totals.pop("count", 0.0)

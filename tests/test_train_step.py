@@ -143,8 +143,9 @@ def test_evaluation_counts_every_example_once_against_brute_force(model):
   params["NFNet/~/linear"] = dict(params["NFNet/~/linear"], w=(
       np.random.default_rng(0).normal(size=(32 * 2, NUM_CLASSES))
       .astype(np.float32)))
+  eval_step = ts.make_eval_step(forward, config)
   metrics = ts.evaluate(
-      support.compile_on_first_call(ts.make_eval_step(forward, config)),
+      eval_step._replace(sums=support.compile_on_first_call(eval_step.sums)),
       ts.replicate(params), ts.replicate(state.model_state),
       data.eval_iterator(config.data, global_batch_size=16))
 
