@@ -2,12 +2,15 @@ r"""The PyTorch peer of `nfnets_jax.bench`: timm's NFNet, the same step, timed.
 
     python experiments/bench_timm.py --arch=dm_nfnet_f0 --resolution=128 --batch=8 --threads=2
     python experiments/bench_timm.py --forward_resolution=256 --json
+    python experiments/bench_timm.py --ema_decay=0.99999   # with a weight EMA, as ours
 
 Run it in an environment with torch and timm (neither is a dependency of
 nfnets_jax; the test suite never imports them). The timed training step is
 the paper's: forward in train mode, softmax cross-entropy, backward, timm's
 `adaptive_clip_grad` (AGC, clipping 0.01, on every parameter as timm applies
-it) and SGD with Nesterov momentum 0.9, on random images; the forward pass is
+it) and SGD with Nesterov momentum 0.9, on random images; `--ema_decay` adds
+what the JAX step also does, an EMA of the weights (timm's `ModelEmaV3`, as
+its train.py's `--model-ema` keeps it). The forward pass is
 eval mode under `torch.inference_mode()`. Prints min / median / max seconds
 per step, like the JAX benchmark, so the two can be run alternately.
 """
@@ -21,6 +24,7 @@ from typing import Callable
 import numpy as np
 import timm
 import torch
+from timm.utils import ModelEmaV3
 from timm.utils import agc
 
 
@@ -48,6 +52,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
   labels = torch.randint(0, 1000, (args.batch,))
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
                               nesterov=True, weight_decay=2e-5)
+  ema = ModelEmaV3(model, decay=args.ema_decay) if args.ema_decay else None
+  result["ema_decay"] = args.ema_decay
 
   def train_step():
     optimizer.zero_grad(set_to_none=True)
@@ -55,6 +61,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
     loss.backward()
     agc.adaptive_clip_grad(model.parameters(), clip_factor=args.clipping)
     optimizer.step()
+    if ema is not None:
+      ema.update(model)
 
   if args.train:
     model.train()
@@ -81,6 +89,8 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--clipping", type=float, default=0.01)
+  parser.add_argument("--ema_decay", type=float, default=0.0,
+                      help="Also keep an EMA of the weights with this decay (0: none).")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup_steps", type=int, default=2)
   parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
