@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import functools
 import importlib.util
 import json
 import os
@@ -149,9 +148,9 @@ def build_forward_variant(config: ml_collections.ConfigDict, num_classes: int,
                                       (resolution, resolution, 3))
   batch = _random_batch(num_classes, per_device_batch, resolution)
   images = batch["images"].astype(dtype)
-  params, model_state = ts.replicate((ts.cast_floats(params, dtype), model_state))
-  weights = (jax.pmap(functools.partial(inference.standardized_params, forward))(
-      params, model_state, images), model_state)
+  params, model_state = ts.replicate((params, model_state))
+  weights = (ts.make_eval_step(forward, config).prepare(params, model_state, images),
+             model_state)
   apply = jax.pmap(lambda w, x: inference.apply_standardized(forward, *w, x)["logits"])
   start = time.perf_counter()
   compiled = apply.lower(weights, images).compile()

@@ -15,6 +15,7 @@ import pytest
 import safetensors.numpy
 
 from nfnets_jax import models
+from nfnets_jax.models import inference
 from nfnets_jax.pretrained import timm
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -61,6 +62,18 @@ def _shapes(params):
   return {m: {n: list(a.shape) for n, a in v.items()} for m, v in params.items()}
 
 
+def _both_logits(net, params, images):
+  """Eval-mode logits as `forward.apply` and as evaluation computes them
+  (weights standardised once, `models.inference`)."""
+  def plain(p, x):
+    return net.apply(p, {}, None, x, is_training=False)[0]["logits"]
+
+  def standardized(p, x):
+    weights = inference.standardized_params(net, p, {}, x)
+    return inference.apply_standardized(net, weights, {}, x)["logits"]
+  return [np.asarray(jax.jit(f)(params, images)) for f in (plain, standardized)]
+
+
 @pytest.mark.parametrize("name,variant", sorted(RELEASE_COUNTS))
 def test_release_parameter_counts(name, variant):
   assert _count(name, variant=variant) == RELEASE_COUNTS[name, variant]
@@ -102,10 +115,9 @@ def test_logits_equal_the_releases(key):
   name, kwargs = RELEASE_SMALL[key]
   net, shapes, _, _ = models.abstract_init(name, fixture.NUM_CLASSES, **kwargs)
   params = fixture.random_params(_shapes(shapes))
-  logits = jax.jit(lambda p, x: net.apply(p, {}, None, x, is_training=False)[0]["logits"])(
-      params, fixture.input_images())
   expected = np.load(RELEASE / "release_logits.npz")[key]
-  np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+  for logits in _both_logits(net, params, fixture.input_images()):
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 @pytest.fixture(scope="module", params=sorted(TIMM_SMALL))
@@ -120,11 +132,10 @@ def test_timm_logits_agree(timm_small):
   arch, kwargs, _, params = timm_small
   images = np.random.default_rng(5).standard_normal((2, 3, 35, 35)).astype(np.float32)
   net = models.transform(arch, 10, **kwargs)
-  logits = jax.jit(lambda p, x: net.apply(p, {}, None, x, is_training=False)[0]["logits"])(
-      params, images.transpose(0, 2, 3, 1))
   expected = np.load(TIMM / f"{arch}_small_logits.npy")
   # Only float32 summation order differs: measured 6e-7 to 2.3e-6 of the largest.
-  np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+  for logits in _both_logits(net, params, images.transpose(0, 2, 3, 1)):
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 def test_timm_export_is_exact_and_reproduces_timms_file(timm_small, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import safetensors.numpy
 
 from nfnets_jax import models
+from nfnets_jax.models import inference
 from nfnets_jax.pretrained import timm
 from nfnets_jax.pretrained.released import CheckpointError
 
@@ -28,12 +29,17 @@ def small_params():
   return timm.load_timm_checkpoint(SMALL_FILE, arch="dm_nfnet_f0", **SMALL)
 
 
-def _logits(params, **numerics):
+def _logits(params, standardized=False, **numerics):
+  """Eval-mode logits; `standardized`: on weights standardised once, as evaluation runs."""
   images = np.random.default_rng(5).standard_normal((2, 3, 35, 35)).astype(np.float32)
   net = models.transform("NFNet", 10, **SMALL, **numerics)
-  apply = jax.jit(net.apply, static_argnames="is_training")
-  return np.asarray(apply(params, {}, None, images.transpose(0, 2, 3, 1),
-                          is_training=False)[0]["logits"])
+
+  def logits(p, x):
+    if standardized:
+      return inference.apply_standardized(
+          net, inference.standardized_params(net, p, {}, x), {}, x)["logits"]
+    return net.apply(p, {}, None, x, is_training=False)[0]["logits"]
+  return np.asarray(jax.jit(logits)(params, images.transpose(0, 2, 3, 1)))
 
 
 def test_logits_agree_with_timm(small_params):
@@ -43,6 +49,7 @@ def test_logits_agree_with_timm(small_params):
   # With timm's numerics (erf GELU, eps 1e-5 added to the weight variance) we
   # compute what timm computes: only float32 summation order differs.
   assert relative(**timm.TIMM_ARCHS["dm_nfnet_f0"].timm_numerics) < 1e-5
+  assert relative(standardized=True, **timm.TIMM_ARCHS["dm_nfnet_f0"].timm_numerics) < 1e-5
   # With the release's (tanh GELU, N*var floored at 1e-4), the one the weights
   # were trained with, logits move by the GELU difference (measured 4.6e-4;
   # PRETRAINED.md: 3.1e-3 on a full-size F0). Swapping in the erf GELU alone
