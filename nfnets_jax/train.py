@@ -132,17 +132,24 @@ class _Trainer:
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save)
-    self.config_dict = checkpointing.config_to_dict(config)
-    restored = self.checkpointer.restore(initial, self.config_dict)
-    self.resumed = restored is not None
-    init_message = None
-    if not self.resumed and config.init_from:
-      initial, init_message = _initialise_from(config, initial)
-    self.state = ts.replicate(restored.state if self.resumed else initial)
-    self.step = restored.step if self.resumed else 0
-    self.logger = metrics_logging.MetricsLogger(
-        workdir, config.log, start_step=self.step,
-        total_steps=self.total_steps, enabled=distributed.is_primary())
+    try:
+      self.config_dict = checkpointing.config_to_dict(config)
+      restored = self.checkpointer.restore(initial, self.config_dict)
+      self.resumed = restored is not None
+      init_message = None
+      if not self.resumed and config.init_from:
+        initial, init_message = _initialise_from(config, initial)
+      self.state = ts.replicate(restored.state if self.resumed else initial)
+      self.step = restored.step if self.resumed else 0
+      self.logger = metrics_logging.MetricsLogger(
+          workdir, config.log, start_step=self.step,
+          total_steps=self.total_steps, enabled=distributed.is_primary())
+    except BaseException:
+      # `close()` never runs for a run refused here (another config, an
+      # unreadable checkpoint or init_from file): stop orbax's background
+      # threads now, or one may fail at interpreter exit with a traceback.
+      self.checkpointer.close()
+      raise
     if init_message:
       self.logger.message(init_message)
 
