@@ -44,7 +44,6 @@ from nfnets_jax import models
 from nfnets_jax import optim
 from nfnets_jax import train_config
 from nfnets_jax import train_step as ts
-from nfnets_jax.data import throughput
 
 # A model's variant when --variant is not given (timm's names have theirs).
 DEFAULT_VARIANTS = {"NFNet": "F0", "NFResNet": "ResNet50", "NFRegNet": "B0",
@@ -174,19 +173,37 @@ def time_interleaved(variants: Sequence[Variant], num_steps: int,
       variant.run()
 
 
-def matmul_peak_flops(dtype: Any, size: int = 2048, reps: int = 5) -> float:
-  """FLOP/s of the best of `reps` square matmuls, on all local devices at once."""
+def matmul_peak_flops(dtype: Any, size: int = 2048, reps: int = 5,
+                      min_seconds: float = 0.05) -> float:
+  """FLOP/s of square matmuls on all local devices at once, best of `reps` timings.
+
+  Each timing is one dispatch of `chain` products in a loop, `chain` chosen so
+  that it lasts at least `min_seconds` (at most 64 products): one 8192^2 bf16
+  product takes about 1.4 ms on an H200, too short to time with its launch
+  and synchronisation. On a CPU one product usually lasts longer, so
+  `chain` is 1.
+  """
   devices = jax.local_device_count()
   keys = jax.random.split(jax.random.PRNGKey(0), devices)
-  a = jax.pmap(lambda k: jax.random.normal(k, (size, size), dtype))(keys)
-  matmul = jax.pmap(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(reps):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * size**3 * devices / best
+  # Random entries of variance 1/size keep the chained products' scale (zeros
+  # would run faster than real data on some hardware).
+  a = jax.pmap(lambda k: (jax.random.normal(k, (size, size)) / np.sqrt(size)).astype(dtype))(keys)
+
+  def best_time(chain: int) -> float:
+    products = jax.pmap(lambda x: jax.lax.fori_loop(0, chain, lambda _, y: y @ x, x))
+    products(a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+      start = time.perf_counter()
+      products(a).block_until_ready()
+      best = min(best, time.perf_counter() - start)
+    return best
+
+  chain, best = 1, best_time(1)
+  if best < min_seconds:
+    chain = min(64, int(np.ceil(min_seconds / best)))
+    best = best_time(chain)
+  return 2.0 * size**3 * chain * devices / best
 
 
 def peak_memory() -> tuple[int, str]:
@@ -217,6 +234,9 @@ def step_stats(times: Sequence[float], global_batch: int) -> dict[str, float]:
 def input_throughput(config: ml_collections.ConfigDict, global_batch: int,
                      step_time_s: float, num_batches: int) -> dict[str, Any]:
   """The input pipeline of `config.data` against the measured step time."""
+  # Imported here: the pipeline needs TensorFlow, which timing the step does not
+  # (an accelerator image may lack it, and its import takes seconds).
+  from nfnets_jax.data import throughput  # pylint: disable=g-import-not-at-top
   result = throughput.pipeline_throughput(config.data, global_batch, num_batches)
   return {
       "dataset": config.data.name,

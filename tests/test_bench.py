@@ -3,11 +3,18 @@ import contextlib
 import io
 import json
 import math
+import pathlib
+import re
+import subprocess
+import sys
 
 import jax
 import pytest
 
+from experiments import profile_step
 from nfnets_jax import bench
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # One bottleneck block: compiling dominates the cost of this test.
 TINY = ["--model=NFResNet", '--model_kwargs={"width": 0.25, "stage_depths": [1]}',
@@ -97,3 +104,31 @@ def test_bad_flags_name_the_fix():
   with pytest.raises(ValueError, match="contradicts the config"):
     bench.resolve_config(bench.parse_args(
         ["--config=experiments/digits.py", "--model=ResNet"]))
+
+
+def test_matmul_peak_chains_products_too_short_to_time(monkeypatch):
+  # A clock that advances 1 ms per reading: every timed dispatch lasts 1 ms,
+  # under min_seconds (50 ms), so the peak comes from 50 chained products.
+  clock = iter(range(10**6))
+  monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) * 1e-3)
+  size = 64
+  peak = bench.matmul_peak_flops(jax.numpy.float32, size, reps=2, min_seconds=0.05)
+  assert peak == pytest.approx(2 * size**3 * 50 * jax.local_device_count() / 1e-3)
+
+
+def test_timing_the_step_needs_no_tensorflow():
+  # Accelerator images often lack TensorFlow; only --input needs the pipeline.
+  code = ("import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None; "
+          "import nfnets_jax.bench, experiments.profile_step")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_profile_step_lists_device_time_by_kind(capsys):
+  assert profile_step._kind("input_transpose_fusion_109") == "input_transpose_fusion"
+  assert profile_step._kind("loop_add_fusion.12") == "loop_add_fusion"
+  kernel = "sm90_xmma_fprop_implicit_gemm_bf16bf16_tilesize128x128x64_g1"
+  assert profile_step._kind(kernel) == kernel
+  profile_step.main([*TINY, "--top=3"])
+  out = capsys.readouterr().out
+  assert re.search(r"traced steps took [\d.]+, [\d.]+ ms", out)  # --steps=2
+  assert "by kind:" in out and "longest events:" in out

@@ -1,0 +1,111 @@
+r"""Where the benchmarked training step spends its device time, op by op.
+
+    python -m experiments.profile_step --model=NFNet --variant=F0 --resolution=128 --batch=8
+    python -m experiments.profile_step --variant=F0 --resolution=192 --batch=32 \
+        --dtype=bfloat16 --trace_dir=/tmp/f0_trace --hlo=/tmp/f0_step.hlo.txt
+
+Builds the step `nfnets_jax.bench` times (the same flags), runs
+`--warmup_steps` untraced steps, traces `--steps` more with
+`jax.profiler.trace`, and reads the trace back with `jax.profiler.ProfileData`.
+It prints, per profiled line (a GPU's streams, the CPU's threads), the time
+per step by kind of event (XLA's instance numbers dropped: every
+'input_transpose_fusion') and the events that took most time. `--hlo` also
+writes the compiled step's HLO text, whose fusion names the GPU's kernels
+and the CPU's ops carry, and whose metadata names each op's model scope.
+TensorBoard's profile plugin and Perfetto open the trace directory too.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+import jax
+
+from nfnets_jax import bench
+from nfnets_jax import host_memory
+
+
+def _kind(name: str) -> str:
+  """An event's name without XLA's instance number: 'loop_add_fusion_12' -> 'loop_add_fusion'."""
+  return re.sub(r"[._]\d+$", "", name)
+
+
+def _table(totals: dict[str, float], counts: dict[str, int], num_steps: int,
+           total_ms: float, top: int) -> list[str]:
+  rows = []
+  for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+    ms = ns / 1e6 / num_steps
+    rows.append(f"  {ms:9.3f} ms {ms / total_ms:6.1%} x{counts[name] / num_steps:<6.1f} "
+                f"{name[:110]}")
+  return rows
+
+
+def summarize(xplane_path: str, num_steps: int, top: int) -> str:
+  """Per line of the trace: time by kind of event, then the `top` longest events.
+
+  Times are summed over the traced steps and divided by their number.
+  """
+  profile = jax.profiler.ProfileData.from_file(xplane_path)
+  out = []
+  for plane in profile.planes:
+    for line in plane.lines:
+      totals: dict[str, float] = collections.defaultdict(float)
+      counts: dict[str, int] = collections.Counter()
+      for event in line.events:
+        totals[event.name] += event.duration_ns
+        counts[event.name] += 1
+      if not totals or sum(totals.values()) == 0:
+        continue
+      kinds: dict[str, float] = collections.defaultdict(float)
+      kind_counts: dict[str, int] = collections.Counter()
+      for name, ns in totals.items():
+        kinds[_kind(name)] += ns
+        kind_counts[_kind(name)] += counts[name]
+      total_ms = sum(totals.values()) / 1e6 / num_steps
+      out.append(f"\n{plane.name} | {line.name}: {total_ms:.2f} ms per step in "
+                 f"{sum(counts.values()) / num_steps:.0f} events\n by kind:")
+      out += _table(kinds, kind_counts, num_steps, total_ms, top)
+      out.append(" longest events:")
+      out += _table(totals, counts, num_steps, total_ms, top)
+  return "\n".join(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--trace_dir", help="Where the trace goes (default: a temporary folder).")
+  parser.add_argument("--hlo", help="Also write the compiled step's HLO text here.")
+  parser.add_argument("--top", type=int, default=25, help="Events listed per line.")
+  own, rest = parser.parse_known_args(argv)
+  host_memory.reuse_freed_memory()
+  args = bench.parse_args(["--no-agc_overhead", *rest])
+  config, num_classes, per_device_batch = bench.resolve_config(args)
+  variant = bench.build_variant(config, num_classes, per_device_batch)
+  if own.hlo:
+    with open(own.hlo, "w") as f:
+      f.write(variant.step.as_text())
+  for _ in range(max(args.warmup_steps, 1)):
+    variant.run()
+  trace_dir = own.trace_dir or tempfile.mkdtemp(prefix="profile_step_")
+  with jax.profiler.trace(trace_dir):
+    for _ in range(args.steps):
+      variant.run()
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    sys.exit(f"error: jax.profiler.trace wrote no .xplane.pb under {trace_dir}")
+  times = variant.times[-args.steps:]
+  print(f"{config.model.name} {config.model.kwargs.to_dict()} at {config.data.train_px} px, "
+        f"batch {per_device_batch} x {jax.device_count()} {jax.default_backend()}, "
+        f"{config.train.compute_dtype}: traced steps took "
+        f"{', '.join(f'{t * 1e3:.1f}' for t in times)} ms; trace {paths[-1]}")
+  print(summarize(paths[-1], args.steps, own.top))
+
+
+if __name__ == "__main__":
+  main()
