@@ -2,6 +2,7 @@
 # The GPU figures of the README's "On a GPU" table, in one go (4-7 minutes on an H200):
 #
 #   experiments/bench_gpu.sh [OUT_DIR]      # default /tmp/nfnets_bench_gpu
+#   PYTHON=python3 experiments/bench_gpu.sh  # another interpreter than .venv's
 #
 # NFNet-F0 at its training resolution (192 px, batch 32, bfloat16) with the AGC
 # overhead and the 256 px forward pass; a profile of that step; every
@@ -11,7 +12,10 @@
 set -u
 out=${1:-/tmp/nfnets_bench_gpu}
 mkdir -p "$out"
-py=${PYTHON:-python3}
+# ./run.sh setup's environment if there is one, else the python3 on PATH.
+default_py=python3
+[[ -x .venv/bin/python ]] && default_py=.venv/bin/python
+py=${PYTHON:-$default_py}
 export PYTHONUNBUFFERED=1
 # Later runs of an already compiled step load it instead of compiling again.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/nfnets_jax_cache}
