@@ -9,7 +9,10 @@ Builds the step `nfnets_jax.bench` times (the same flags), runs
 `jax.profiler.trace`, and reads the trace back with `jax.profiler.ProfileData`.
 It prints, per profiled line (a GPU's streams, the CPU's threads), the time
 per step by kind of event (XLA's instance numbers dropped: every
-'input_transpose_fusion') and the events that took most time. `--hlo` also
+'input_transpose_fusion') and the events that took most time. Events can
+nest (on the CPU, `ThunkExecutor::Execute` encloses the ops it runs), so a
+line's total and shares count nested time twice there; a GPU stream's
+kernels do not nest. `--hlo` also
 writes the compiled step's HLO text, whose fusion names the GPU's kernels
 and the CPU's ops carry, and whose metadata names each op's model scope.
 TensorBoard's profile plugin and Perfetto open the trace directory too.
@@ -23,7 +26,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 
@@ -36,8 +39,14 @@ def _kind(name: str) -> str:
   return re.sub(r"[._]\d+$", "", name)
 
 
-def _table(totals: dict[str, float], counts: dict[str, int], num_steps: int,
+def _table(events: list[tuple[str, int]], key: Callable[[str], str], num_steps: int,
            total_ms: float, top: int) -> list[str]:
+  """The `top` groups of `events` (name, ns) by `key(name)`, longest first."""
+  totals: dict[str, float] = collections.defaultdict(float)
+  counts: dict[str, int] = collections.Counter()
+  for name, ns in events:
+    totals[key(name)] += ns
+    counts[key(name)] += 1
   rows = []
   for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
     ms = ns / 1e6 / num_steps
@@ -55,24 +64,15 @@ def summarize(xplane_path: str, num_steps: int, top: int) -> str:
   out = []
   for plane in profile.planes:
     for line in plane.lines:
-      totals: dict[str, float] = collections.defaultdict(float)
-      counts: dict[str, int] = collections.Counter()
-      for event in line.events:
-        totals[event.name] += event.duration_ns
-        counts[event.name] += 1
-      if not totals or sum(totals.values()) == 0:
+      events = [(event.name, event.duration_ns) for event in line.events]
+      total_ms = sum(ns for _, ns in events) / 1e6 / num_steps
+      if not total_ms:
         continue
-      kinds: dict[str, float] = collections.defaultdict(float)
-      kind_counts: dict[str, int] = collections.Counter()
-      for name, ns in totals.items():
-        kinds[_kind(name)] += ns
-        kind_counts[_kind(name)] += counts[name]
-      total_ms = sum(totals.values()) / 1e6 / num_steps
       out.append(f"\n{plane.name} | {line.name}: {total_ms:.2f} ms per step in "
-                 f"{sum(counts.values()) / num_steps:.0f} events\n by kind:")
-      out += _table(kinds, kind_counts, num_steps, total_ms, top)
+                 f"{len(events) / num_steps:.0f} events\n by kind:")
+      out += _table(events, _kind, num_steps, total_ms, top)
       out.append(" longest events:")
-      out += _table(totals, counts, num_steps, total_ms, top)
+      out += _table(events, lambda name: name, num_steps, total_ms, top)
   return "\n".join(out)
 
 
