@@ -15,12 +15,14 @@ forward and forward + backward. `--compare_weight_grads` times F0's forward
 + backward with each `layers.WEIGHT_GRADS` formulation, alternating them in
 one process. `--compare_updates` alternates that update as the training step
 builds it (`optim.sgd_with_weight_decay`, `agc.global_norm`) with the same
-update from optax's transformations (`add_decayed_weights` then `sgd`,
-`optax.global_norm`). `nfnets_jax.bench` times the whole step.
+update from optax's transformations (`adaptive_grad_clip`,
+`add_decayed_weights` then `sgd`, `optax.global_norm`), and counts the
+reductions each compiles to. `nfnets_jax.bench` times the whole step.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from typing import Any, Callable
 
@@ -100,15 +102,15 @@ def update_step(grads: Any, params: Any, batch: int, reference: bool = False
   config = optim.default_config()
   optimizer, schedule = optim.build_optimizer(config, batch_size=batch, total_steps=10_000,
                                               steps_per_epoch=100)
-  norm = agc.global_norm
+  grad_norm, param_norm = agc.global_norm, functools.partial(agc.global_norm, unitwise=False)
   if reference:
     optimizer = optax.chain(
-        optax.masked(agc.adaptive_grad_clip(config.clipping, config.clipping_eps),
+        optax.masked(optax.adaptive_grad_clip(config.clipping, config.clipping_eps),
                      optim.exclusion_mask(config.agc_exclude)),
         optax.add_decayed_weights(config.weight_decay,
                                   optim.exclusion_mask(config.weight_decay_exclude)),
         optax.sgd(schedule, config.momentum, nesterov=config.nesterov))
-    norm = optax.global_norm
+    grad_norm = param_norm = optax.global_norm
 
   # The gradients are an argument: closed over, they would be XLA constants
   # and their norms folded away at compile time.
@@ -116,7 +118,7 @@ def update_step(grads: Any, params: Any, batch: int, reference: bool = False
     updates, opt_state = optimizer.update(g, opt_state, p)
     new = optax.apply_updates(p, updates)
     ema = optim.ema_update(ema, new, jnp.int32(100), config.ema_decay)
-    return new, opt_state, ema, norm(g), optax.global_norm(new)
+    return new, opt_state, ema, grad_norm(g), param_norm(new)
   return update, (params, grads, optimizer.init(params), params)
 
 
@@ -124,23 +126,26 @@ def compare_updates(args: argparse.Namespace) -> None:
   loss, params, images = training_loss(args.variant, args.resolution, args.batch,
                                        args.grouped_conv)
   grads = jax.jit(jax.grad(loss))(params, images)
-  fns, outputs = {}, {}
+  compiled, fns, outputs = {}, {}, {}
   for name, reference in (("nfnets_jax", False), ("optax chain", True)):
     update, args_ = update_step(grads, params, args.batch, reference)
-    fns[name] = jax.jit(update).lower(*args_).compile()
+    compiled[name] = jax.jit(update).lower(*args_).compile()
+    fns[name] = functools.partial(compiled[name], *args_)  # Each its own state's form.
     p, _, s, ema = args_
     for _ in range(3):  # Past the first warm-up step, whose learning rate is 0.
-      p, s, ema, *norms = fns[name](p, grads, s, ema)
-    outputs[name] = (p, s, ema, norms)
-  # Both start from the same state: the optimizer states' trees are equal.
+      p, s, ema, *norms = compiled[name](p, grads, s, ema)
+    outputs[name] = (p, ema, norms)  # The states differ in form (AGC's, optax's).
   difference = max(jax.tree.leaves(jax.tree.map(
       lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)),
       *outputs.values())))
-  times = alternated(fns, *args_, steps=args.steps)
+  times = alternated(fns, steps=args.steps)
   print(f"NFNet {args.variant} update after the backward pass, {args.steps} alternating "
         f"steps each; after 3 updates, largest relative difference of the outputs {difference:.1e}")
   for name, t in times.items():
-    print(f"  {name:11s} median {np.median(t) * 1e3:7.1f} ms, min {min(t) * 1e3:7.1f} ms")
+    # Each reduction is at least one kernel launch on a GPU.
+    reductions = compiled[name].as_text().count(" reduce(")
+    print(f"  {name:11s} median {np.median(t) * 1e3:7.1f} ms, min {min(t) * 1e3:7.1f} ms, "
+          f"{reductions} reductions in the compiled HLO")
 
 
 def conv_shapes(args: argparse.Namespace) -> None:

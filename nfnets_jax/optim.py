@@ -382,11 +382,6 @@ def ema_update(ema_params: Any, params: Any, step: jax.Array,
   return jax.tree.map(average, ema_params, params)
 
 
-def _global_norm(tree: Any) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                      for x in jax.tree.leaves(tree)))
-
-
 def sam_gradient(
     loss_fn: Callable[[Any, Any], tuple[jax.Array, Any]], params: Any,
     batch: Any, *, rho: float, batch_fraction: float = 1.0,
@@ -429,7 +424,7 @@ def sam_gradient(
     ascent_batch = jax.tree.map(lambda x: x[:ascent_size], batch)
     ascent_grads, _ = jax.grad(loss_fn, has_aux=True)(params, ascent_batch)
     # The tiny constant only matters for an exactly zero ascent gradient.
-    scale = rho / (_global_norm(ascent_grads) + 1e-12)
+    scale = rho / (agc.global_norm(ascent_grads, unitwise=False) + 1e-12)
     params = jax.tree.map(lambda p, g: p + (scale * g).astype(p.dtype),
                           params, ascent_grads)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)

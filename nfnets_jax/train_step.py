@@ -191,7 +191,7 @@ def make_train_step(forward: hk.TransformedWithState,
     metrics = optim.cross_device_mean(metrics, AXIS)
     metrics["learning_rate"] = schedule(state.step)
     metrics["grad_norm"] = agc.global_norm(grads)  # Shares AGC's reductions.
-    metrics["param_norm"] = optax.global_norm(params)
+    metrics["param_norm"] = agc.global_norm(params, unitwise=False)
     fraction = agc.clipped_fraction(opt_state)
     if fraction is not None:
       metrics["clipped_fraction"] = fraction

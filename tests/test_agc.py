@@ -13,14 +13,20 @@ CLIPPING = 0.05
 EPS = 1e-3
 
 # One leaf per layout AGC knows; 'vec_like' is a [1, C] linear, a vector once
-# squeezed; 'tiny' has units whose parameter norm is below eps.
+# squeezed; 'tiny' has units whose parameter norm is below eps. Shapes repeat,
+# as in a network (AGC reduces small leaves of one shape together), and the
+# 'wide' pair is above the size it stacks.
 SHAPES = {
     "conv": {"w": (3, 3, 4, 8), "gain": (8,), "bias": (8,)},
+    "conv2": {"w": (3, 3, 4, 8), "gain": (8,), "bias": (8,)},
     "linear": {"w": (16, 10), "b": (10,)},
     "mha": {"w": (6, 3, 5)},
     "block": {"skip_gain": ()},
+    "block2": {"skip_gain": ()},
     "vec_like": {"w": (1, 7)},
     "tiny": {"w": (5, 4)},
+    "wide": {"w": (260, 256)},
+    "wide2": {"w": (260, 256)},
 }
 
 
@@ -132,15 +138,60 @@ def test_matches_numpy_loop_over_units(seed):
   np.testing.assert_allclose(agc.clipped_fraction(state), fraction, rtol=1e-6)
 
 
-def test_global_norm_equals_optax():
+@pytest.mark.parametrize("unitwise", [True, False])
+def test_global_norm_equals_optax(unitwise):
   rng = np.random.default_rng(3)
   tree = {"conv": rng.normal(size=(3, 3, 4, 5)), "w": rng.normal(size=(6, 7)),
-          "b": rng.normal(size=(7,)), "s": np.float32(2.0),
-          "conv3d": rng.normal(size=(2, 3, 3, 4, 5))}  # No AGC units: reduced whole.
+          "b": rng.normal(size=(7,)), "b2": rng.normal(size=(7,)),
+          "s": np.float32(2.0), "s2": np.float32(-1.5),
+          "conv3d": rng.normal(size=(2, 3, 3, 4, 5)),  # No AGC units: reduced whole.
+          "conv3d_b": rng.normal(size=(2, 3, 3, 4, 5))}
   tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
   expected = np.sqrt(sum(np.sum(np.float64(x) ** 2) for x in jax.tree.leaves(tree)))
-  np.testing.assert_allclose(agc.global_norm(tree), expected, rtol=1e-6)
-  np.testing.assert_allclose(agc.global_norm(tree), optax.global_norm(tree), rtol=1e-6)
+  norm = jax.jit(lambda t: agc.global_norm(t, unitwise=unitwise))(tree)
+  np.testing.assert_allclose(norm, expected, rtol=1e-6)
+  np.testing.assert_allclose(norm, optax.global_norm(tree), rtol=1e-6)
+
+
+def _reductions(fn, *args):
+  """How many reduce_sum operations `fn` traces to."""
+  jaxpr = jax.make_jaxpr(fn)(*args)
+  return sum(eqn.primitive.name == "reduce_sum" for eqn in jaxpr.eqns)
+
+
+def test_small_leaves_of_one_shape_are_reduced_together():
+  # 40 biases, 10 scalars and 3 conv kernels: 3 shapes, so 3 reductions per
+  # tree (gradients, parameters) and one for the clipped count; one by one
+  # it would be 53 per tree and one count per leaf.
+  rng = np.random.default_rng(8)
+  shapes = [(16,)] * 40 + [()] * 10 + [(3, 3, 4, 8)] * 3
+  params = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+  grads = [p * 0.1 for p in params]
+  tx = agc.adaptive_grad_clip(CLIPPING, EPS)
+  assert _reductions(lambda g, p: tx.update(g, tx.init(p), p), grads, params) == 7
+  assert _reductions(agc.global_norm, grads) == 4  # Three shapes, then the total.
+  # Above the size that is stacked, one reduction per leaf.
+  wide = [jnp.ones(SHAPES["wide"]["w"])] * 3
+  assert _reductions(lambda g: agc.global_norm(g, unitwise=False), wide) == 4
+
+
+def test_gradients_through_agc_match_optax():
+  params, grads = _random_tree(9)
+  others = lambda tree: {k: v for k, v in tree.items() if k != "mha"}
+  params, grads = others(params), others(grads)
+  rng = np.random.default_rng(9)
+  cotangent = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), grads)
+
+  def loss(transform):
+    def f(g, p):
+      out, _ = transform.update(g, transform.init(p), p)
+      return sum(jnp.sum(o * c) for o, c in zip(jax.tree.leaves(out),
+                                               jax.tree.leaves(cotangent)))
+    return jax.jit(jax.grad(f, argnums=(0, 1)))
+
+  ours = loss(agc.adaptive_grad_clip(CLIPPING, EPS))(grads, params)
+  expected = loss(optax.adaptive_grad_clip(CLIPPING, EPS))(grads, params)
+  _assert_trees_close(ours, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_unitwise_norm_per_layout():
