@@ -81,7 +81,7 @@ def _sums_of_squares(leaves: Sequence[jax.Array],
                      axes: Sequence[Optional[tuple[int, ...]]]) -> list[jax.Array]:
   """Per leaf, the sum of squares over `axes` (kept, size 1), float32 or wider.
 
-  Small leaves of one shape and dtype are stacked and summed in one
+  Small leaves of one shape, dtype and `axes` are stacked and summed in one
   reduction (the same sums, in fewer kernels); the others one by one.
   """
   groups = collections.defaultdict(list)
@@ -100,10 +100,6 @@ def _sums_of_squares(leaves: Sequence[jax.Array],
     for j, i in enumerate(members):
       sums[i] = group_sums[j]
   return sums
-
-
-def _norm(x: jax.Array, axes: Optional[tuple[int, ...]]) -> jax.Array:
-  return jnp.sqrt(_sums_of_squares([x], [axes])[0])
 
 
 def unitwise_norm(x: jax.Array) -> jax.Array:
@@ -126,7 +122,7 @@ def unitwise_norm(x: jax.Array) -> jax.Array:
     Brock et al., High-Performance Large-Scale Image Recognition Without
     Normalization, arXiv 2102.06171, 2021.
   """
-  return _norm(x, _reduction_axes(jnp.shape(x)))
+  return jnp.sqrt(_sums_of_squares([x], [_reduction_axes(jnp.shape(x))])[0])
 
 
 def global_norm(tree: Any, unitwise: bool = True) -> jax.Array:
