@@ -3,6 +3,7 @@ r"""The PyTorch peer of `nfnets_jax.bench`: timm's NFNet, the same step, timed.
     python experiments/bench_timm.py --arch=dm_nfnet_f0 --resolution=128 --batch=8 --threads=2
     python experiments/bench_timm.py --forward_resolution=256 --json
     python experiments/bench_timm.py --ema_decay=0.99999   # with a weight EMA, as ours
+    python experiments/bench_timm.py --conv_shapes         # the model's grouped convs alone
 
 Run it in an environment with torch and timm (neither is a dependency of
 nfnets_jax; the test suite never imports them). The timed training step is
@@ -13,6 +14,10 @@ what the JAX step also does, an EMA of the weights (timm's `ModelEmaV3`, as
 its train.py's `--model-ema` keeps it). The forward pass is
 eval mode under `torch.inference_mode()`. Prints min / median / max seconds
 per step, like the JAX benchmark, so the two can be run alternately.
+`--conv_shapes` times each distinct grouped convolution of the model at
+`--resolution` (found by running it once), forward and forward + backward
+(input and kernel gradients), as `python -m experiments.step_parts
+--conv_shapes` times ours.
 """
 from __future__ import annotations
 
@@ -82,6 +87,47 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
   return result
 
 
+def grouped_convs(model: torch.nn.Module, images: torch.Tensor
+                  ) -> dict[tuple[int, int, int, int, int], int]:
+  """{(batch, side, channels, groups, stride): how many} of the model's grouped convs."""
+  shapes: dict[tuple[int, int, int, int, int], int] = {}
+
+  def record(module, inputs, _):
+    n, c, h, _ = inputs[0].shape
+    key = (n, h, c, module.groups, module.stride[0])
+    shapes[key] = shapes.get(key, 0) + 1
+
+  hooks = [m.register_forward_hook(record) for m in model.modules()
+           if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+  with torch.inference_mode():
+    model(images)
+  for hook in hooks:
+    hook.remove()
+  return shapes
+
+
+def conv_shapes(args: argparse.Namespace) -> list[dict[str, object]]:
+  """Forward and forward + backward seconds of each grouped conv of the model."""
+  torch.set_num_threads(args.threads)
+  model = timm.create_model(args.arch, pretrained=False).eval()
+  images = torch.randn(args.batch, 3, args.resolution, args.resolution)
+  rows = []
+  for (n, side, channels, groups, stride), count in grouped_convs(model, images).items():
+    x = torch.randn(n, channels, side, side, requires_grad=True)
+    w = torch.randn(channels, channels // groups, 3, 3, requires_grad=True)
+    conv = lambda: torch.nn.functional.conv2d(x, w, None, stride, 1, 1, groups)
+
+    def both():
+      out = conv()
+      out.backward(torch.ones_like(out))
+
+    rows.append({"batch": n, "side": side, "channels": channels, "groups": groups,
+                 "stride": stride, "count": count,
+                 "forward": _timed(conv, args.steps, args.warmup_steps),
+                 "forward_backward": _timed(both, args.steps, args.warmup_steps)})
+  return rows
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--arch", default="dm_nfnet_f0")
@@ -97,8 +143,26 @@ def main() -> None:
                       help="Time the training step.")
   parser.add_argument("--forward_resolution", type=int,
                       help="Also time the eval-mode forward pass at this side.")
+  parser.add_argument("--conv_shapes", action="store_true",
+                      help="Time the model's grouped convolutions alone instead.")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args()
+  if args.conv_shapes:
+    rows = conv_shapes(args)
+    if args.json:
+      print(json.dumps(rows))
+      return
+    totals = [0.0, 0.0]
+    for r in rows:
+      fwd, both = r["forward"]["median_s"], r["forward_backward"]["median_s"]
+      totals[0] += r["count"] * fwd
+      totals[1] += r["count"] * both
+      print(f"{r['side']} px, {r['channels']} channels, {r['groups']} groups, stride "
+            f"{r['stride']} (x{r['count']}): forward median {fwd * 1e3:6.1f} ms; "
+            f"forward + backward median {both * 1e3:6.1f} ms")
+    print(f"all {sum(r['count'] for r in rows)}: forward {totals[0] * 1e3:.1f} ms, "
+          f"forward + backward {totals[1] * 1e3:.1f} ms (medians x count)")
+    return
   result = benchmark(args)
   if args.json:
     print(json.dumps(result))

@@ -38,18 +38,25 @@ from nfnets_jax import optim
 from nfnets_jax import train_step as ts
 from nfnets_jax.models import layers
 
-# (batch, side, channels, groups, stride) of F0's grouped 3x3 convs at 128 px.
-F0_GROUPED_CONVS = ((8, 32, 256, 2, 2), (8, 16, 256, 2, 1), (8, 16, 768, 6, 2),
-                    (8, 8, 768, 6, 1), (8, 4, 768, 6, 1))
+# (batch, side, channels, groups, stride): how many of F0's 22 grouped 3x3
+# convs at 128 px have that input (what `bench_timm.py --conv_shapes` finds).
+F0_GROUPED_CONVS = {(8, 32, 256, 2, 2): 1, (8, 16, 256, 2, 1): 3, (8, 16, 768, 6, 2): 1,
+                    (8, 8, 768, 6, 1): 11, (8, 8, 768, 6, 2): 1, (8, 4, 768, 6, 1): 5}
 
 
-def timed(fn: Callable, *args, steps: int) -> str:
+def seconds(fn: Callable, *args, steps: int) -> list[float]:
+  """Seconds of `steps` calls of `fn(*args)`, after one untimed call."""
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
+  return times
+
+
+def timed(fn: Callable, *args, steps: int) -> str:
+  times = seconds(fn, *args, steps=steps)
   return f"median {np.median(times) * 1e3:7.1f} ms, min {min(times) * 1e3:7.1f} ms"
 
 
@@ -150,16 +157,23 @@ def compare_updates(args: argparse.Namespace) -> None:
 
 def conv_shapes(args: argparse.Namespace) -> None:
   impls = [i for i in layers.GROUPED_CONV_IMPLS if i != "auto"]
-  for batch, side, channels, groups, stride in F0_GROUPED_CONVS:
+  totals = {impl: np.zeros(2) for impl in impls}
+  for (batch, side, channels, groups, stride), count in F0_GROUPED_CONVS.items():
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (batch, side, side, channels))
     w = jax.random.normal(key, (3, 3, channels // groups, channels)) * 0.05
-    print(f"{side} px, {channels} channels, {groups} groups, stride {stride}:")
+    print(f"{side} px, {channels} channels, {groups} groups, stride {stride} (x{count}):")
     for impl in impls:
       conv = lambda x, w, impl=impl: layers.conv2d(x, w, stride, groups, impl)
       both = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
-      print(f"  {impl:7s} forward {timed(jax.jit(conv), x, w, steps=args.steps)};"
-            f" forward + backward {timed(both, x, w, steps=args.steps)}")
+      medians = np.array([np.median(seconds(fn, x, w, steps=args.steps))
+                          for fn in (jax.jit(conv), both)])
+      totals[impl] += count * medians
+      print(f"  {impl:7s} forward median {medians[0] * 1e3:7.1f} ms; "
+            f"forward + backward median {medians[1] * 1e3:7.1f} ms")
+  print(f"all {sum(F0_GROUPED_CONVS.values())} (medians x count):")
+  for impl, (fwd, both) in totals.items():
+    print(f"  {impl:7s} forward {fwd * 1e3:7.1f} ms; forward + backward {both * 1e3:7.1f} ms")
 
 
 def compare_weight_grads(args: argparse.Namespace) -> None:
