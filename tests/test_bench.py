@@ -132,3 +132,14 @@ def test_profile_step_lists_device_time_by_kind(capsys):
   out = capsys.readouterr().out
   assert re.search(r"traced steps took [\d.]+, [\d.]+ ms", out)  # --steps=2
   assert "by kind:" in out and "longest events:" in out
+  assert re.search(r"CPU wall time per step \([\d.]+ ms\).*idle \(no op running\) [\d.]+ ms", out)
+  assert "by scope:" in out
+
+
+def test_wall_split_shares_overlaps_and_counts_idle():
+  # A runs 0-10, B 5-15: alone, together (half each), alone, then nothing.
+  ops = [(0, 10, "A"), (5, 15, "B")]
+  assert profile_step.wall_split(ops, [(0, 20)]) == ({"A": 7.5, "B": 7.5}, 5.0)
+  # Only the time inside the windows counts: 2-5 A, 5-10 shared, 10-12 B.
+  assert profile_step.wall_split(ops, [(2, 12)]) == ({"A": 5.5, "B": 4.5}, 0.0)
+  assert profile_step.wall_split(ops, [(0, 3), (16, 18)]) == ({"A": 3.0}, 2.0)
