@@ -4,6 +4,7 @@ r"""The PyTorch peer of `nfnets_jax.bench`: timm's NFNet, the same step, timed.
     python experiments/bench_timm.py --forward_resolution=256 --json
     python experiments/bench_timm.py --ema_decay=0.99999   # with a weight EMA, as ours
     python experiments/bench_timm.py --conv_shapes         # the model's grouped convs alone
+    python experiments/bench_timm.py --profile --steps=3   # where timm's step spends its time
 
 Run it in an environment with torch and timm (neither is a dependency of
 nfnets_jax; the test suite never imports them). The timed training step is
@@ -17,11 +18,14 @@ per step, like the JAX benchmark, so the two can be run alternately.
 `--conv_shapes` times each distinct grouped convolution of the model at
 `--resolution` (found by running it once), forward and forward + backward
 (input and kernel gradients), as `python -m experiments.step_parts
---conv_shapes` times ours.
+--conv_shapes` times ours. `--profile` runs the timed training steps under
+`torch.profiler` and prints PyTorch's operators by self CPU time per step,
+the peer of `python -m experiments.profile_step`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from typing import Callable
@@ -44,6 +48,13 @@ def _timed(fn: Callable[[], None], steps: int, warmup: int) -> dict[str, float]:
   t = np.asarray(times)
   return {"min_s": float(t.min()), "median_s": float(np.median(t)),
           "max_s": float(t.max())}
+
+
+def _self_times(profiler: torch.profiler.profile, steps: int) -> list[dict[str, object]]:
+  """PyTorch's operators by self CPU time per traced step, longest first."""
+  ops = [{"name": e.key, "self_ms": e.self_cpu_time_total / 1e3 / steps,
+          "calls": e.count / steps} for e in profiler.key_averages()]
+  return sorted(ops, key=lambda op: -op["self_ms"])
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, object]:
@@ -71,8 +82,14 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
 
   if args.train:
     model.train()
-    result["train"] = {"resolution": args.resolution,
-                       **_timed(train_step, args.steps, args.warmup_steps)}
+    for _ in range(args.warmup_steps):
+      train_step()
+    profiler = torch.profiler.profile() if args.profile else contextlib.nullcontext()
+    with profiler:
+      result["train"] = {"resolution": args.resolution,
+                         **_timed(train_step, args.steps, warmup=0)}
+    if args.profile:
+      result["profile"] = _self_times(profiler, args.steps)
   if args.forward_resolution:
     model.eval()
     test_images = torch.randn(args.batch, 3, args.forward_resolution,
@@ -143,6 +160,8 @@ def main() -> None:
                       help="Time the training step.")
   parser.add_argument("--forward_resolution", type=int,
                       help="Also time the eval-mode forward pass at this side.")
+  parser.add_argument("--profile", action="store_true",
+                      help="Profile the timed training steps (their times then include the profiler's overhead).")
   parser.add_argument("--conv_shapes", action="store_true",
                       help="Time the model's grouped convolutions alone instead.")
   parser.add_argument("--json", action="store_true")
@@ -174,6 +193,10 @@ def main() -> None:
       r = result[name]
       print(f"  {name} {r['resolution']} px: min {r['min_s']:.3f} s, median "
             f"{r['median_s']:.3f} s, max {r['max_s']:.3f} s per step")
+  if "profile" in result:
+    print("  self CPU time per profiled step, by PyTorch operator:")
+    for op in result["profile"][:25]:
+      print(f"    {op['self_ms']:9.1f} ms x{op['calls']:<6.1f} {op['name']}")
 
 
 if __name__ == "__main__":
