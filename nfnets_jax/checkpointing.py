@@ -240,4 +240,10 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    # Orbax removes unfinished temporary directories in a background thread
+    # that its close() does not wait for; a run refused right after start-up
+    # (another config) could exit under it and print its traceback.
+    cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
+    if cleanup is not None:
+      cleanup.result()
     self._manager.close()

@@ -1,8 +1,10 @@
 """Checkpoints: exact resume after SIGKILL and SIGTERM, corruption, config checks."""
+import asyncio
 import json
 import logging
 import pathlib
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -43,6 +45,24 @@ def test_mismatched_config_is_refused_naming_the_field(tmp_path):
                      r"has 64"):
     checkpointer.restore(_state(0), {"train": {"batch_size": 64}})
   checkpointer.close()
+
+
+def test_close_waits_for_the_temporary_directory_cleanup(tmp_path, monkeypatch):
+  # Orbax lists the directory for unfinished saves in a thread of its own;
+  # slowed down here, it is still running when a refused run closes.
+  from orbax.checkpoint._src.path import temporary_paths
+  listing = temporary_paths.all_temporary_paths
+  finished = threading.Event()
+
+  async def slow_listing(*args, **kwargs):
+    await asyncio.sleep(0.5)
+    result = await listing(*args, **kwargs)
+    finished.set()
+    return result
+
+  monkeypatch.setattr(temporary_paths, "all_temporary_paths", slow_listing)
+  checkpointing.Checkpointer(tmp_path / "checkpoints").close()
+  assert finished.is_set()
 
 
 def test_relative_directory_and_background_saves(tmp_path, monkeypatch):
