@@ -105,9 +105,8 @@ def _scopes(hlo_text: str) -> dict[str, str]:
   return scopes
 
 
-def cpu_wall_time(xplane_path: str, hlo_text: str, top: int) -> str:
+def cpu_wall_time(profile: jax.profiler.ProfileData, hlo_text: str, top: int) -> str:
   """Each CPU step's wall time split among its ops (`wall_split`), by kind and scope."""
-  profile = jax.profiler.ProfileData.from_file(xplane_path)
   ops, windows = [], []
   for plane in profile.planes:
     for line in plane.lines:
@@ -137,12 +136,11 @@ def cpu_wall_time(xplane_path: str, hlo_text: str, top: int) -> str:
   return "\n".join(out)
 
 
-def summarize(xplane_path: str, num_steps: int, top: int) -> str:
+def summarize(profile: jax.profiler.ProfileData, num_steps: int, top: int) -> str:
   """Per line of the trace: time by kind of event, then the `top` longest events.
 
   Times are summed over the traced steps and divided by their number.
   """
-  profile = jax.profiler.ProfileData.from_file(xplane_path)
   out = []
   for plane in profile.planes:
     for line in plane.lines:
@@ -168,9 +166,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = bench.parse_args(["--no-agc_overhead", *rest])
   config, num_classes, per_device_batch = bench.resolve_config(args)
   variant = bench.build_variant(config, num_classes, per_device_batch)
+  hlo_text = variant.step.as_text()
   if own.hlo:
     with open(own.hlo, "w") as f:
-      f.write(variant.step.as_text())
+      f.write(hlo_text)
   for _ in range(max(args.warmup_steps, 1)):
     variant.run()
   trace_dir = own.trace_dir or tempfile.mkdtemp(prefix="profile_step_")
@@ -186,8 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f"batch {per_device_batch} x {jax.device_count()} {jax.default_backend()}, "
         f"{config.train.compute_dtype}: traced steps took "
         f"{', '.join(f'{t * 1e3:.1f}' for t in times)} ms; trace {paths[-1]}")
-  print(summarize(paths[-1], args.steps, own.top))
-  print(cpu_wall_time(paths[-1], variant.step.as_text(), own.top))
+  profile = jax.profiler.ProfileData.from_file(paths[-1])
+  print(summarize(profile, args.steps, own.top))
+  print(cpu_wall_time(profile, hlo_text, own.top))
 
 
 if __name__ == "__main__":
