@@ -17,6 +17,8 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_cpu_multi_thread_eigen=false"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One thread for oneDNN's convolutions (nfnets_jax.kernels) too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # TensorFlow is only used for tf.data: keep it off any accelerator.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 

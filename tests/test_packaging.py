@@ -17,8 +17,8 @@ SCRIPTS = ("nfnets-train", "nfnets-evaluate", "nfnets-predict", "nfnets-export",
 
 def _locked_versions():
   lines = (support.REPO / "requirements.txt").read_text().splitlines()
-  return {Requirement(l).name.lower().replace("_", "-"): l.split("==")[1]
-          for l in lines if "==" in l and not l.startswith("#")}
+  pins = [Requirement(l) for l in lines if "==" in l and not l.startswith("#")]
+  return {r.name.lower().replace("_", "-"): next(iter(r.specifier)).version for r in pins}
 
 
 def test_dependency_ranges_admit_the_tested_lock():
@@ -72,6 +72,7 @@ def test_wheel_metadata(wheel):
   for script in SCRIPTS:
     assert f"{script} = nfnets_jax." in entry_points
   assert "nfnets_jax/pretrained/timm.py" in files and "nfnets_jax/data/digits.py" in files
+  assert "nfnets_jax/kernels/onednn_conv.cc" in files  # Built on first use.
   assert not any(f.startswith(("tests/", "experiments/")) for f in files)
 
 
@@ -82,13 +83,17 @@ def test_installed_package_works_from_another_directory(wheel, tmp_path):
                  check=True, capture_output=True, text=True, timeout=300)
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
-  env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="cpu",
+             NFNETS_JAX_CACHE_DIR=str(tmp_path / "cache"))
   code = ("import nfnets_jax, optax; "
           "optax.chain(nfnets_jax.adaptive_grad_clip(0.01), "
-          "optax.sgd(0.1, momentum=0.9, nesterov=True)); print(nfnets_jax.__file__)")
+          "optax.sgd(0.1, momentum=0.9, nesterov=True)); print(nfnets_jax.__file__); "
+          # The oneDNN kernel builds from the installed source.
+          "from nfnets_jax.kernels import onednn; print(onednn.unavailable_reason())")
   result = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env,
                           capture_output=True, text=True, timeout=300, check=True)
-  assert result.stdout.strip().startswith(str(target))
+  package, kernel = result.stdout.split()[-2:]
+  assert package.startswith(str(target)) and kernel == "None", result.stdout
   # A console script, with a config given by path from another directory.
   config = support.REPO / "experiments" / "digits.py"
   result = subprocess.run([str(target / "bin" / "nfnets-train"), f"--config={config}",

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
+from nfnets_jax.kernels import onednn
 from nfnets_jax.models import registry
 
 
@@ -28,6 +29,9 @@ def _eqn_macs(eqn) -> int:
     (lhs_contract, _), _ = eqn.params["dimension_numbers"]
     lhs = eqn.invars[0].aval
     return int(np.prod(out.aval.shape) * np.prod([lhs.shape[d] for d in lhs_contract]))
+  if eqn.primitive.name == "ffi_call" and eqn.params["target_name"] in onednn.TARGETS:
+    return onednn.macs(eqn.params["target_name"], [v.aval for v in eqn.invars],
+                       eqn.outvars[0].aval)
   return 0
 
 

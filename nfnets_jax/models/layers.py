@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnets_jax.kernels import onednn
+
 Array = jax.Array
 
 # The plain non-linearities, before scaling. gelu is the tanh approximation
@@ -147,13 +149,21 @@ def nf_activation_and_conv(activation: str, gamma_in: str = "activation",
       WSConv2D, gamma=RELEASED_GAMMAS[activation], **conv_kwargs)
 
 
-def default_grouped_conv_impl() -> str:
-  """What grouped_conv='auto' runs on the default backend: 'split' or 'xla'."""
+def default_grouped_conv_impl(dtype: Any = jnp.float32) -> str:
+  """What impl='auto' runs for `dtype` on the default backend.
+
+  'onednn' on CPU where its kernel builds (float32), else 'split' on CPU and
+  'xla' on GPU and TPU, which have fast grouped kernels.
+  """
   # XLA's CPU backend runs feature_group_count convolutions far slower than
   # one dense convolution per group (F0's grouped 3x3 convs, forward and
-  # backward: 4-13x, experiments/step_parts.py); 'im2col' is not faster than
-  # 'split' there, nor in F0's whole step. GPU and TPU have fast grouped kernels.
-  return "split" if jax.default_backend() == "cpu" else "xla"
+  # backward: 4-13x), and every convolution slower than oneDNN
+  # (experiments/step_parts.py --conv_shapes).
+  if jax.default_backend() != "cpu":
+    return "xla"
+  if jnp.dtype(dtype) == jnp.float32 and onednn.available():
+    return "onednn"
+  return "split"
 
 
 def default_weight_grad() -> str:
@@ -165,7 +175,7 @@ def default_weight_grad() -> str:
   return "taps" if jax.default_backend() == "cpu" else "xla"
 
 
-GROUPED_CONV_IMPLS = ("auto", "xla", "split", "im2col")
+GROUPED_CONV_IMPLS = ("auto", "xla", "split", "im2col", "onednn")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 WEIGHT_GRADS = ("auto", "xla", "taps")
 PADDINGS = ("same", "symmetric")
@@ -208,11 +218,15 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
     w: kernel, HWIO with I = channels of x // groups.
     stride: spatial stride.
     groups: number of feature groups.
-    impl: 'xla' uses `feature_group_count`; 'split' runs one dense convolution
-      per group and concatenates (same result, faster on CPU); 'im2col' stacks
-      the k*k shifted taps of the input and runs one matmul batched over the
-      groups (same result); 'auto' picks by backend. Ungrouped stride-1 1x1
-      convolutions are a matmul whatever `impl` says.
+    impl: 'onednn' runs the convolution with oneDNN's CPU kernels
+      (`nfnets_jax.kernels.onednn`; float32, CPU only); the others are XLA
+      formulations of grouped convolutions with the same result: 'xla' uses
+      `feature_group_count`; 'split' runs one dense convolution per group and
+      concatenates; 'im2col' stacks the k*k shifted taps of the input and
+      runs one matmul batched over the groups. Under these three an ungrouped
+      convolution is one `lax` convolution, or a matmul if it is 1x1 with
+      stride 1. 'auto' picks by backend and dtype, see
+      `default_grouped_conv_impl`.
     padding: 'same' or 'symmetric', see `window_padding`.
     weight_grad: how the kernel's gradient of a k x k (k > 1) dense
       convolution, or of each group under 'split', is computed: 'xla'
@@ -228,16 +242,18 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
     raise ValueError(f"Unknown grouped conv impl {impl!r}; choose one of {GROUPED_CONV_IMPLS}.")
   if weight_grad not in WEIGHT_GRADS:
     raise ValueError(f"Unknown weight_grad {weight_grad!r}; choose one of {WEIGHT_GRADS}.")
+  if impl == "auto":
+    impl = default_grouped_conv_impl(x.dtype)
+  pads = _explicit_pads(x.shape[1:3], w.shape[0], stride, padding)
+  if impl == "onednn":
+    return onednn.conv(x, w, stride, groups, pads)
   if w.shape[:2] == (1, 1) and stride == 1 and groups == 1:
     # A matmul over channels. As a dot, its weight gradient is a matmul too;
     # as a convolution, XLA's CPU backend makes it a whole-image-window
     # convolution behind two transposes, several times slower.
     return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
-  if impl == "auto":
-    impl = default_grouped_conv_impl()
   if weight_grad == "auto":
     weight_grad = default_weight_grad()
-  pads = _explicit_pads(x.shape[1:3], w.shape[0], stride, padding)
   if groups > 1 and impl == "xla":
     return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=_NHWC,
                                         feature_group_count=groups)

@@ -1,0 +1,1 @@
+"""CPU kernels in C++, built on first use: oneDNN convolutions (`onednn`)."""

@@ -1,0 +1,206 @@
+// NHWC x HWIO (grouped) 2D convolutions run by oneDNN, as XLA FFI handlers.
+//
+// Three handlers, one per direction of the convolution y = conv(x, w):
+//   nfnets_conv_forward(x, w) -> y
+//   nfnets_conv_backward_data(dy, w) -> dx
+//   nfnets_conv_backward_weights(x, dy) -> dw
+// Attributes: groups (int64), strides (int64[2]), pads (int64[4]: top, bottom,
+// left, right). Shapes come from the buffers: x [N, H, W, C], w [KH, KW, C /
+// groups, O], y [N, OH, OW, O]. Built by nfnets_jax/kernels/build.py.
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+static_assert(DNNL_VERSION_MAJOR >= 3, "nfnets_jax needs oneDNN 3.x");
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Tag = dnnl::memory::format_tag;
+
+namespace {
+
+enum class Direction { kForward, kBackwardData, kBackwardWeights };
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, groups, sh, sw, pt, pb, pl, pr;
+
+  memory::desc Src() const { return {{n, c, h, w}, memory::data_type::f32, Tag::nhwc}; }
+  memory::desc Dst() const { return {{n, o, oh, ow}, memory::data_type::f32, Tag::nhwc}; }
+  // HWIO as oneDNN sees it (its logical order is OIHW, or GOIHW when grouped).
+  memory::desc Weights(bool any) const {
+    if (groups == 1)
+      return {{o, c, kh, kw}, memory::data_type::f32, any ? Tag::any : Tag::hwio};
+    return {{groups, o / groups, c / groups, kh, kw}, memory::data_type::f32,
+            any ? Tag::any : Tag::hwigo};
+  }
+  std::string Key(Direction d) const {
+    std::string key = std::to_string(static_cast<int>(d));
+    for (int64_t v : {n, h, w, c, kh, kw, o, groups, sh, sw, pt, pb, pl, pr})
+      key += "," + std::to_string(v);
+    return key;
+  }
+};
+
+// A primitive for one geometry and direction. Its weights are in the layout
+// oneDNN picks (`any`: its blocked layouts are much faster than HWIO), with a
+// reorder from (or, for the weight gradient, to) the HWIO buffer.
+struct Plan {
+  dnnl::primitive primitive;
+  memory::desc weights, user_weights;
+  dnnl::primitive reorder;
+  bool reordered = false;
+  size_t scratch_bytes = 0;
+};
+
+void Fill(Plan& plan, dnnl::primitive primitive, const dnnl::primitive_desc_base& pd,
+          const memory::desc& weights) {
+  plan.primitive = primitive;
+  plan.weights = weights;
+  plan.scratch_bytes = pd.scratchpad_desc().get_size();
+}
+
+std::shared_ptr<Plan> MakePlan(Direction d, const Geometry& g) {
+  // The user scratchpad makes each primitive safe to run from several threads.
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const memory::dims strides{g.sh, g.sw}, pad_l{g.pt, g.pl}, pad_r{g.pb, g.pr};
+  const auto algo = dnnl::algorithm::convolution_direct;
+  dnnl::convolution_forward::primitive_desc fwd(
+      Engine(), dnnl::prop_kind::forward_training, algo, g.Src(), g.Weights(true), g.Dst(),
+      strides, pad_l, pad_r, attr);
+  auto plan = std::make_shared<Plan>();
+  plan->user_weights = g.Weights(false);
+  if (d == Direction::kForward) {
+    Fill(*plan, dnnl::convolution_forward(fwd), fwd, fwd.weights_desc());
+  } else if (d == Direction::kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), algo, g.Src(), g.Weights(true), g.Dst(), strides, pad_l, pad_r, fwd, attr);
+    Fill(*plan, dnnl::convolution_backward_data(pd), pd, pd.weights_desc());
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), algo, g.Src(), g.Weights(true), g.Dst(), strides, pad_l, pad_r, fwd, attr);
+    Fill(*plan, dnnl::convolution_backward_weights(pd), pd, pd.diff_weights_desc());
+  }
+  plan->reordered = plan->weights != plan->user_weights;
+  if (plan->reordered) {
+    const bool to_user = d == Direction::kBackwardWeights;
+    plan->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+        Engine(), to_user ? plan->weights : plan->user_weights, Engine(),
+        to_user ? plan->user_weights : plan->weights));
+  }
+  return plan;
+}
+
+// Plans are built once per geometry: building one costs far more than a call.
+std::shared_ptr<Plan> GetPlan(Direction d, const Geometry& g) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
+  const std::string key = g.Key(d);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& plan = plans[key];
+  if (!plan) plan = MakePlan(d, g);
+  return plan;
+}
+
+struct Aligned {
+  void* data = nullptr;
+  explicit Aligned(size_t bytes) {
+    if (bytes) data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  }
+  ~Aligned() { std::free(data); }
+};
+
+// x, w and y are the forward convolution's operands: under kBackwardData x is
+// the result (dx) and y the output gradient, under kBackwardWeights w is the
+// result (dw).
+ffi::Error Run(Direction d, const Geometry& g, void* x, void* w, void* y) {
+  try {
+    auto plan = GetPlan(d, g);
+    dnnl::stream stream(Engine());
+    Aligned scratch(plan->scratch_bytes), weights(plan->reordered ? plan->weights.get_size() : 0);
+    memory user_w(plan->user_weights, Engine(), w);
+    memory prim_w = plan->reordered ? memory(plan->weights, Engine(), weights.data) : user_w;
+    memory src(g.Src(), Engine(), x), dst(g.Dst(), Engine(), y);
+    memory scratch_m({{static_cast<int64_t>(plan->scratch_bytes)}, memory::data_type::u8, Tag::x},
+                     Engine(), scratch.data);
+    if (d != Direction::kBackwardWeights && plan->reordered)
+      plan->reorder.execute(stream, {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, prim_w}});
+    if (d == Direction::kForward) {
+      plan->primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, prim_w},
+                                       {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+    } else if (d == Direction::kBackwardData) {
+      plan->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, prim_w},
+                                       {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+    } else {
+      plan->primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, prim_w},
+                                       {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+      if (plan->reordered)
+        plan->reorder.execute(stream, {{DNNL_ARG_FROM, prim_w}, {DNNL_ARG_TO, user_w}});
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Check(ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
+  if (strides.size() != 2 || pads.size() != 4)
+    return ffi::Error::InvalidArgument("strides must have 2 entries and pads 4");
+  return ffi::Error::Success();
+}
+
+Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                      ffi::Span<const int64_t> y, int64_t groups,
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
+  return {x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
+          groups, strides[0], strides[1], pads[0], pads[1], pads[2], pads[3]};
+}
+
+using F32 = ffi::Buffer<ffi::F32, 4>;
+using Ints = ffi::Span<const int64_t>;
+
+ffi::Error Forward(F32 x, F32 w, ffi::Result<F32> y, int64_t groups, Ints strides, Ints pads) {
+  if (auto e = Check(strides, pads); e.failure()) return e;
+  return Run(Direction::kForward,
+             MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), groups, strides, pads),
+             x.untyped_data(), w.untyped_data(), y->untyped_data());
+}
+
+ffi::Error BackwardData(F32 dy, F32 w, ffi::Result<F32> dx, int64_t groups, Ints strides,
+                        Ints pads) {
+  if (auto e = Check(strides, pads); e.failure()) return e;
+  return Run(Direction::kBackwardData,
+             MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), groups, strides, pads),
+             dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+}
+
+ffi::Error BackwardWeights(F32 x, F32 dy, ffi::Result<F32> dw, int64_t groups, Ints strides,
+                           Ints pads) {
+  if (auto e = Check(strides, pads); e.failure()) return e;
+  return Run(Direction::kBackwardWeights,
+             MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), groups, strides, pads),
+             x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+}
+
+auto Binding() {
+  return ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("groups")
+      .Attr<Ints>("strides").Attr<Ints>("pads");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(nfnets_conv_forward, Forward, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(nfnets_conv_backward_data, BackwardData, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(nfnets_conv_backward_weights, BackwardWeights, Binding());
