@@ -13,7 +13,8 @@ weight EMA and the two global norms it logs). `--conv_shapes` times every
 grouped-conv formulation on the grouped 3x3 convolutions of F0 at 128 px,
 forward and forward + backward. `--compare_weight_grads` times F0's forward
 + backward with each `layers.WEIGHT_GRADS` formulation, alternating them in
-one process. `--compare_updates` alternates that update as the training step
+one process (they are XLA's: run it with NFNETS_JAX_ONEDNN=0 on a CPU where
+oneDNN runs the convolutions). `--compare_updates` alternates that update as the training step
 builds it (`optim.sgd_with_weight_decay`, `agc.global_norm`) with the same
 update from optax's transformations (`adaptive_grad_clip`,
 `add_decayed_weights` then `sgd`, `optax.global_norm`), and counts the

@@ -349,7 +349,10 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
       "devices": jax.device_count(), "global_batch": global_batch,
       "dtype": config.train.compute_dtype, "backend": jax.default_backend(),
       "device_kind": jax.devices()[0].device_kind, "steps": args.steps,
-      "agc_clipping": config.optimizer.clipping, "compile_s": main.compile_s,
+      "agc_clipping": config.optimizer.clipping,
+      # What grouped_conv='auto' (and every other convolution) ran.
+      "conv_impl": layers.default_grouped_conv_impl(ts.compute_dtype(config.train.compute_dtype)),
+      "compile_s": main.compile_s,
       **step_stats(main.times, global_batch),
       # Minor faults of the whole process during each step: host memory
       # touched for the first time (see nfnets_jax/host_memory.py).
@@ -412,6 +415,7 @@ def format_table(r: dict[str, Any]) -> str:
       ("model", f"{r['model']} {r['model_kwargs']}"),
       ("input", f"{r['resolution']} px, batch {r['per_device_batch']} x {r['devices']} "
                 f"{r['backend']} device(s) ({r['device_kind']}), {r['dtype']}"),
+      ("convolutions", f"{r['conv_impl']!r} (grouped_conv='auto')"),
       ("compile", f"{r['compile_s']:.1f} s"),
       ("step time", f"median {r['step_time_median_s'] * 1e3:.1f} ms, IQR "
                     f"{r['step_time_iqr_s'] * 1e3:.1f} ms, min {r['step_time_min_s'] * 1e3:.1f}"

@@ -91,7 +91,7 @@ def test_figures_follow_their_definitions(result):
 
 def test_table_names_each_figure(result):
   table = bench.format_table(result)
-  for label in ("compile", "step time", "images/s", "GFLOP/s", "matmul peak",
+  for label in ("convolutions", "compile", "step time", "images/s", "GFLOP/s", "matmul peak",
                 "peak memory", "AGC overhead", "forward", "input pipeline", "load average"):
     assert label in table, label
 
