@@ -14,7 +14,8 @@ it) and SGD with Nesterov momentum 0.9, on random images; `--ema_decay` adds
 what the JAX step also does, an EMA of the weights (timm's `ModelEmaV3`, as
 its train.py's `--model-ema` keeps it). The forward pass is
 eval mode under `torch.inference_mode()`. Prints min / median / max seconds
-per step, like the JAX benchmark, so the two can be run alternately.
+per step, like the JAX benchmark, so the two can be run alternately, or step
+by step in turns under `python -m nfnets_jax.lockstep`.
 `--conv_shapes` times each distinct grouped convolution of the model at
 `--resolution` (found by running it once), forward and forward + backward
 (input and kernel gradients), as `python -m experiments.step_parts
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import pathlib
 import time
 from typing import Callable
 
@@ -37,17 +40,32 @@ from timm.utils import ModelEmaV3
 from timm.utils import agc
 
 
-def _timed(fn: Callable[[], None], steps: int, warmup: int) -> dict[str, float]:
-  for _ in range(warmup):
-    fn()
+def _lockstep_turns():
+  """The token of `nfnets_jax.lockstep`'s driver, when it runs this script."""
+  # Loaded by path: it needs only the standard library, while importing the
+  # nfnets_jax package would import JAX, which this environment may lack.
+  path = pathlib.Path(__file__).resolve().parents[1] / "nfnets_jax" / "lockstep.py"
+  spec = importlib.util.spec_from_file_location("nfnets_jax_lockstep", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.turns()
+
+
+_TURNS = _lockstep_turns()
+
+
+def _timed(fn: Callable[[], None], steps: int, warmup: int) -> dict[str, object]:
   times = []
-  for _ in range(steps):
+  for i in range(warmup + steps):
+    if _TURNS:
+      _TURNS.next()  # Under the lockstep driver: the other benchmarks' turn.
     start = time.perf_counter()
     fn()
-    times.append(time.perf_counter() - start)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
   t = np.asarray(times)
   return {"min_s": float(t.min()), "median_s": float(np.median(t)),
-          "max_s": float(t.max())}
+          "max_s": float(t.max()), "step_times_s": times}
 
 
 def _self_times(profiler: torch.profiler.profile, steps: int) -> list[dict[str, object]]:

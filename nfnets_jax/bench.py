@@ -14,8 +14,9 @@ the devices. `--forward` also times the inference forward pass (the
 evaluation step's model call, eval mode, at the test resolution, on weights
 standardised once beforehand as evaluation does). Steps of the
 measured variants (e.g. with and without AGC) are interleaved, so load that
-changes during the run affects them alike. The same command runs on CPU, GPU
-and TPU; `--batch` is per device.
+changes during the run affects them alike; `python -m nfnets_jax.lockstep`
+alternates them step by step with another benchmark process's (timm's, say).
+The same command runs on CPU, GPU and TPU; `--batch` is per device.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from nfnets_jax.models import counting
 from nfnets_jax.models import inference
 from nfnets_jax import data
 from nfnets_jax import host_memory
+from nfnets_jax import lockstep
 from nfnets_jax.models import layers
 from nfnets_jax import models
 from nfnets_jax import optim
@@ -159,17 +161,23 @@ def build_forward_variant(config: ml_collections.ConfigDict, num_classes: int,
   return Variant(config, step, weights, images, compile_s, _xla_memory(compiled))
 
 
-def time_interleaved(variants: Sequence[Variant], num_steps: int,
-                     warmup_steps: int = 1) -> None:
-  """Runs `num_steps` timed steps of every variant, alternating between them."""
+def time_interleaved(variants: Sequence[Variant], num_steps: int, warmup_steps: int = 1,
+                     between_steps: Callable[[], None] = lambda: None) -> None:
+  """Runs `num_steps` timed steps of every variant, alternating between them.
+
+  `between_steps` runs before each step (warm-up ones too), untimed: under
+  `nfnets_jax.lockstep` it hands the CPU to the other benchmarks.
+  """
   for _ in range(warmup_steps):
     for variant in variants:
+      between_steps()
       variant.run()
   for variant in variants:
     variant.times.clear()
     variant.page_faults.clear()
   for _ in range(num_steps):
     for variant in variants:
+      between_steps()
       variant.run()
 
 
@@ -218,8 +226,8 @@ def peak_memory() -> tuple[int, str]:
           "this run did, runtime libraries included")
 
 
-def step_stats(times: Sequence[float], global_batch: int) -> dict[str, float]:
-  """Median and spread of step times, and the images/s of the median."""
+def step_stats(times: Sequence[float], global_batch: int) -> dict[str, Any]:
+  """Median and spread of step times, the images/s of the median, and the times."""
   t = np.asarray(times)
   q25, median, q75 = np.percentile(t, [25, 50, 75])
   return {
@@ -228,6 +236,7 @@ def step_stats(times: Sequence[float], global_batch: int) -> dict[str, float]:
       "step_time_min_s": float(t.min()),
       "step_time_max_s": float(t.max()),
       "images_per_s": global_batch / float(median),
+      "step_times_s": [float(x) for x in t],
   }
 
 
@@ -338,7 +347,9 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
   config, num_classes, per_device_batch = resolve_config(args)
   variants = build_variants(args, config, num_classes, per_device_batch, log)
   log(f"timing {args.steps} steps of each of {len(variants)} variant(s) ...")
-  time_interleaved(list(variants.values()), args.steps, args.warmup_steps)
+  turns = lockstep.turns()
+  time_interleaved(list(variants.values()), args.steps, args.warmup_steps,
+                   turns.next if turns else lambda: None)
 
   main = variants["main"]
   global_batch = config.train.batch_size
