@@ -181,15 +181,17 @@ def time_interleaved(variants: Sequence[Variant], num_steps: int, warmup_steps: 
       variant.run()
 
 
-def matmul_peak_flops(dtype: Any, size: int = 2048, reps: int = 5,
-                      min_seconds: float = 0.05) -> float:
-  """FLOP/s of square matmuls on all local devices at once, best of `reps` timings.
+def matmul_peak_meter(dtype: Any, size: int = 2048, reps: int = 5,
+                      min_seconds: float = 0.05) -> Callable[[], float]:
+  """A function measuring, each time it is called, the matmul peak FLOP/s.
 
-  Each timing is one dispatch of `chain` products in a loop, `chain` chosen so
-  that it lasts at least `min_seconds` (at most 64 products): one 8192^2 bf16
-  product takes about 1.4 ms on an H200, too short to time with its launch
-  and synchronisation. On a CPU one product usually lasts longer, so
-  `chain` is 1.
+  The peak: FLOP/s of square matmuls on all local devices at once, best of
+  `reps` timings. Each timing is one dispatch of `chain` products in a loop,
+  `chain` chosen so that it lasts at least `min_seconds` (at most 64
+  products): one 8192^2 bf16 product takes about 1.4 ms on an H200, too short
+  to time with its launch and synchronisation. On a CPU one product usually
+  lasts longer, so `chain` is 1. Compiled once, so that the peak can be
+  measured again between the steps it is compared with.
   """
   devices = jax.local_device_count()
   keys = jax.random.split(jax.random.PRNGKey(0), devices)
@@ -197,21 +199,25 @@ def matmul_peak_flops(dtype: Any, size: int = 2048, reps: int = 5,
   # would run faster than real data on some hardware).
   a = jax.pmap(lambda k: (jax.random.normal(k, (size, size)) / np.sqrt(size)).astype(dtype))(keys)
 
-  def best_time(chain: int) -> float:
+  def chained(chain: int) -> Callable[[], float]:
     products = jax.pmap(lambda x: jax.lax.fori_loop(0, chain, lambda _, y: y @ x, x))
     products(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-      start = time.perf_counter()
-      products(a).block_until_ready()
-      best = min(best, time.perf_counter() - start)
-    return best
 
-  chain, best = 1, best_time(1)
-  if best < min_seconds:
-    chain = min(64, int(np.ceil(min_seconds / best)))
-    best = best_time(chain)
-  return 2.0 * size**3 * chain * devices / best
+    def best_time() -> float:
+      best = float("inf")
+      for _ in range(reps):
+        start = time.perf_counter()
+        products(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+      return best
+    return best_time
+
+  chain, best_time = 1, chained(1)
+  first = best_time()
+  if first < min_seconds:
+    chain = min(64, int(np.ceil(min_seconds / first)))
+    best_time = chained(chain)
+  return lambda: 2.0 * size**3 * chain * devices / best_time()
 
 
 def peak_memory() -> tuple[int, str]:
@@ -346,10 +352,21 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
   load_start = os.getloadavg()
   config, num_classes, per_device_batch = resolve_config(args)
   variants = build_variants(args, config, num_classes, per_device_batch, log)
-  log(f"timing {args.steps} steps of each of {len(variants)} variant(s) ...")
+  measure_peak = matmul_peak_meter(
+      jnp.dtype(ts.compute_dtype(config.train.compute_dtype)), args.matmul_size)
+  peaks = []
   turns = lockstep.turns()
-  time_interleaved(list(variants.values()), args.steps, args.warmup_steps,
-                   turns.next if turns else lambda: None)
+
+  def between_steps():
+    # The peak is measured between the steps it is compared with, as the
+    # machine's speed moves during a run (by 30% on shared CPUs).
+    peaks.append(measure_peak())
+    if turns:
+      turns.next()
+
+  log(f"timing {args.steps} steps of each of {len(variants)} variant(s) ...")
+  time_interleaved(list(variants.values()), args.steps, args.warmup_steps, between_steps)
+  peaks.append(measure_peak())
 
   main = variants["main"]
   global_batch = config.train.batch_size
@@ -372,12 +389,12 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
   }
   macs = counting.model_macs(config.model.name, config.data.train_px, num_classes, **kwargs)
   flops_per_step = 2 * macs * FORWARD_BACKWARD_FACTOR * global_batch
-  peak = matmul_peak_flops(jnp.dtype(ts.compute_dtype(config.train.compute_dtype)),
-                           args.matmul_size)
   result.update(
       gmacs_per_image=macs / 1e9, gflop_per_step=flops_per_step / 1e9,
       achieved_gflops=flops_per_step / result["step_time_median_s"] / 1e9,
-      matmul_peak_gflops=peak / 1e9, matmul_size=args.matmul_size,
+      matmul_peak_gflops=float(np.median(peaks)) / 1e9,
+      matmul_peak_range_gflops=[min(peaks) / 1e9, max(peaks) / 1e9],
+      matmul_peak_measurements=len(peaks), matmul_size=args.matmul_size,
       xla_step_memory_bytes=main.xla_memory_bytes)
   result["peak_fraction"] = result["achieved_gflops"] / result["matmul_peak_gflops"]
 
@@ -436,7 +453,10 @@ def format_table(r: dict[str, Any]) -> str:
                   f"GFLOP/step (2 x MACs x {FORWARD_BACKWARD_FACTOR})"),
       ("achieved", f"{r['achieved_gflops']:.1f} GFLOP/s = {r['peak_fraction']:.1%} of the "
                    f"{r['matmul_peak_gflops']:.1f} GFLOP/s matmul peak "
-                   f"({r['matmul_size']}^2 {r['dtype']})"),
+                   f"({r['matmul_size']}^2 {r['dtype']}; median of "
+                   f"{r['matmul_peak_measurements']} between the steps, "
+                   f"{r['matmul_peak_range_gflops'][0]:.1f}-"
+                   f"{r['matmul_peak_range_gflops'][1]:.1f})"),
       ("peak memory", f"{r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['peak_memory_source']})"),
       ("page faults", f"{r['page_faults_per_step']:.0f} per step (host memory reuse "
                       f"{'on' if r['host_memory_reuse'] else 'off'})"),

@@ -80,6 +80,12 @@ def test_figures_follow_their_definitions(result):
       result["gflop_per_step"] / result["step_time_median_s"])
   assert result["peak_fraction"] == pytest.approx(
       result["achieved_gflops"] / result["matmul_peak_gflops"])
+  # The peak is measured before every step of every variant and once after:
+  # the main step, its AGC counterpart and the forward pass here.
+  steps = result["steps"] + 1  # One warm-up step by default.
+  assert result["matmul_peak_measurements"] == 3 * steps + 1
+  low, high = result["matmul_peak_range_gflops"]
+  assert low <= result["matmul_peak_gflops"] <= high
   # The default optimizer has AGC, so the counterpart step runs without it.
   assert result["agc_clipping"] == 0.01
   assert result["step_time_with_agc_s"] == result["step_time_median_s"]
@@ -112,8 +118,9 @@ def test_matmul_peak_chains_products_too_short_to_time(monkeypatch):
   clock = iter(range(10**6))
   monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) * 1e-3)
   size = 64
-  peak = bench.matmul_peak_flops(jax.numpy.float32, size, reps=2, min_seconds=0.05)
-  assert peak == pytest.approx(2 * size**3 * 50 * jax.local_device_count() / 1e-3)
+  measure = bench.matmul_peak_meter(jax.numpy.float32, size, reps=2, min_seconds=0.05)
+  for _ in range(2):  # Measured anew on each call, from the same 50-product chain.
+    assert measure() == pytest.approx(2 * size**3 * 50 * jax.local_device_count() / 1e-3)
 
 
 def test_timing_the_step_needs_no_tensorflow():
