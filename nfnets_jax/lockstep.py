@@ -72,13 +72,13 @@ class _Command:
     """Runs one turn; False once the command has exited."""
     if self.process is None:
       go_read, self._go = os.pipe()
-      self._done, done_write = os.pipe()
+      done_read, done_write = os.pipe()
       env = {**os.environ, ENV_VAR: f"{go_read},{done_write}"}
       self.process = subprocess.Popen(self.argv, env=env, stdout=self.output,
                                       pass_fds=(go_read, done_write))
       os.close(go_read)
       os.close(done_write)
-      self._done_file = os.fdopen(self._done, "r")
+      self._done_file = os.fdopen(done_read, "r")
     else:
       os.write(self._go, b"go\n")
     if self._done_file.readline():
