@@ -20,6 +20,17 @@ from nfnets_jax.models import layers
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # requirements.txt installs oneDNN on Linux x86_64: there the kernel must work.
 _PINNED_HERE = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+def _cpu_flags() -> set[str]:
+  with open("/proc/cpuinfo") as f:
+    return next((set(line.split(":", 1)[1].split()) for line in f
+                 if line.startswith("flags")), set())
+
+
+# The Linux kernel's word on bfloat16 instructions oneDNN uses: AVX512-BF16
+# (every AMX CPU has it too) or AVX2-VNNI-2 (its AVX-NE-CONVERT part).
+_BF16_CPU = _PINNED_HERE and bool({"avx512_bf16", "avx_ne_convert"} & _cpu_flags())
 pytestmark = pytest.mark.skipif(
     not _PINNED_HERE and onednn.unavailable_reason() is not None,
     reason=f"no oneDNN kernel: {onednn.unavailable_reason()}")
@@ -29,7 +40,9 @@ def test_kernel_builds_where_requirements_install_onednn():
   assert importlib.metadata.version("onednn-devel-cpu-gomp").startswith("2023.")
   assert onednn.unavailable_reason() is None
   assert layers.default_grouped_conv_impl() == "onednn"
-  assert layers.default_grouped_conv_impl(jnp.bfloat16) == "split"
+  assert onednn.native_bf16() == _BF16_CPU
+  assert layers.default_grouped_conv_impl(jnp.bfloat16) == ("onednn" if _BF16_CPU else "split")
+  assert layers.default_grouped_conv_impl(jnp.float16) == "split"
 
 
 def _lax_conv(x, w, stride, groups, pads):
@@ -119,11 +132,41 @@ def test_pmap_and_vmap():
   _scaled_close(jax.vmap(conv)(x), expected)
 
 
+@pytest.mark.skipif(not _BF16_CPU, reason="this CPU has no bfloat16 instructions")
+@pytest.mark.parametrize("n,h,w,c,k,o,groups,stride,pads", GEOMETRIES[:1] + GEOMETRIES[3:6])
+def test_bfloat16_outputs_and_gradients_equal_numpy(n, h, w, c, k, o, groups, stride, pads):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(h * w + c), 3)
+  x = jax.random.normal(kx, (n, h, w, c), jnp.bfloat16)
+  kernel = jax.random.normal(kw, (k, k, c // groups, o), jnp.bfloat16)
+  out = jax.jit(lambda x, w: onednn.conv(x, w, stride, groups, pads))(x, kernel)
+  assert out.dtype == jnp.bfloat16
+  # The exact convolution of the same bfloat16 numbers, in float64; ours
+  # accumulates in float32 and rounds once to bfloat16 (8 significant bits).
+  _scaled_close(out.astype(jnp.float32), _numpy_conv(x, kernel, stride, groups, pads), 2**-8)
+  cot = jax.random.normal(kg, out.shape, jnp.bfloat16)
+  x_grad, w_grad = jax.jit(jax.grad(
+      lambda x, w: jnp.vdot(onednn.conv(x, w, stride, groups, pads), cot).astype(jnp.float32),
+      (0, 1)))(x, kernel)
+  # XLA's float32 gradients of the same numbers, exact to ~1e-6 here.
+  f32 = lambda a: a.astype(jnp.float32)
+  ref_x, ref_w = jax.grad(lambda x, w: jnp.vdot(_lax_conv(x, w, stride, groups, pads), f32(cot)),
+                          (0, 1))(f32(x), f32(kernel))
+  assert x_grad.dtype == w_grad.dtype == jnp.bfloat16
+  _scaled_close(f32(x_grad), ref_x, 2**-8)
+  _scaled_close(f32(w_grad), ref_w, 2**-8)
+
+
 def test_bad_inputs_are_refused_with_the_fix():
   pads = ((1, 1), (1, 1))
-  with pytest.raises(ValueError, match="float32.*grouped_conv='split'"):
-    onednn.conv(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16),
+  with pytest.raises(ValueError, match="float32 or bfloat16.*grouped_conv='split'"):
+    onednn.conv(jnp.ones((1, 4, 4, 2), jnp.float16), jnp.ones((3, 3, 2, 2), jnp.float16),
                 1, 1, pads)
+  with pytest.raises(ValueError, match="one dtype.*cast"):
+    onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2), jnp.bfloat16), 1, 1, pads)
+  if not _BF16_CPU:
+    with pytest.raises(ValueError, match="bfloat16 instructions.*compute in float32"):
+      onednn.conv(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16),
+                  1, 1, pads)
   with pytest.raises(ValueError, match="do not make a 2-group"):
     onednn.conv(jnp.ones((1, 4, 4, 6)), jnp.ones((3, 3, 2, 4)), 1, 2, pads)
 

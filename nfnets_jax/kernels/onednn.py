@@ -7,7 +7,9 @@ NFNet-F0's grouped 3x3 convolutions, forward and backward
 backward-data and backward-weights primitives through XLA's FFI
 (`onednn_conv.cc`, built on first use by `build.py`); each of the three is a
 custom VJP of the others, so gradients of gradients work too. Forward-mode
-differentiation (`jax.jvp`) is not supported. float32 only.
+differentiation (`jax.jvp`) is not supported. float32, and bfloat16 on CPUs
+with bfloat16 instructions (AVX512-BF16, AMX, AVX2-VNNI-2; `native_bf16()`),
+where oneDNN multiplies in bfloat16 and accumulates in float32.
 
 `available()` says whether the kernel can be used here; `NFNETS_JAX_ONEDNN=0`
 keeps `conv2d`'s 'auto' choice off it.
@@ -40,8 +42,8 @@ TARGETS = (FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS)
 
 
 @functools.cache
-def _load() -> str | None:
-  """Builds and registers the kernel; returns why it cannot be used, or None."""
+def _load() -> ctypes.CDLL | str:
+  """Builds and registers the kernel: its library, or why it cannot be used."""
   if os.environ.get("NFNETS_JAX_ONEDNN", "1") == "0":
     return "NFNETS_JAX_ONEDNN=0 is set."
   try:
@@ -50,20 +52,35 @@ def _load() -> str | None:
     return str(e)
   for name in TARGETS:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
-  return None
+  return library
 
 
 def unavailable_reason() -> str | None:
   """Why `conv` cannot run here (None when it can): builds the kernel once."""
-  return _load()
+  loaded = _load()
+  return loaded if isinstance(loaded, str) else None
 
 
 def available() -> bool:
   """Whether `conv` can run here; logs why not the first time it cannot."""
-  reason = _load()
+  reason = unavailable_reason()
   if reason is not None:
     _log_once(reason)
   return reason is None
+
+
+@functools.cache
+def native_bf16() -> bool:
+  """Whether `conv` runs bfloat16 here: the kernel loads and the CPU has
+  bfloat16 instructions that oneDNN uses (AVX512-BF16, AMX or AVX2-VNNI-2)."""
+  return available() and bool(_load().nfnets_onednn_native_bf16())
+
+
+def supports(dtype: jnp.dtype | type) -> bool:
+  """Whether `conv` runs arrays of `dtype` here."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return available()
+  return jnp.dtype(dtype) == jnp.bfloat16 and native_bf16()
 
 
 @functools.cache
@@ -79,14 +96,21 @@ def _attributes(stride: int, groups: int, pads: Pads) -> dict[str, np.ndarray]:
 
 def _call(target: str, shape: Sequence[int], a: Array, b: Array, stride: int, groups: int,
           pads: Pads) -> Array:
-  reason = _load()
+  reason = unavailable_reason()
   if reason is not None:
     raise RuntimeError(f"The oneDNN convolution cannot run here: {reason}")
   for operand in (a, b):
-    if operand.dtype != jnp.float32 or operand.ndim != 4:
-      raise ValueError(f"The oneDNN convolution takes 4-D float32 arrays, got "
+    if operand.dtype not in (jnp.float32, jnp.bfloat16) or operand.ndim != 4:
+      raise ValueError(f"The oneDNN convolution takes 4-D float32 or bfloat16 arrays, got "
                        f"{operand.dtype} {operand.shape}; use grouped_conv='split'.")
-  out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+  if a.dtype != b.dtype:
+    raise ValueError(f"The oneDNN convolution takes operands of one dtype, got {a.dtype} "
+                     f"and {b.dtype}; cast them to one.")
+  if not supports(a.dtype):
+    raise ValueError("The oneDNN convolution runs bfloat16 only on CPUs with bfloat16 "
+                     "instructions (AVX512-BF16, AMX or AVX2-VNNI-2), which this one lacks; "
+                     "compute in float32 or use grouped_conv='split'.")
+  out = jax.ShapeDtypeStruct(tuple(shape), a.dtype)
   return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
       a, b, **_attributes(stride, groups, pads))
 
@@ -104,8 +128,8 @@ def conv(x: Array, w: Array, stride: int, groups: int, pads: Pads) -> Array:
   """NHWC x HWIO convolution with `groups` feature groups, by oneDNN.
 
   Args:
-    x: input, NHWC, float32.
-    w: kernel, HWIO with I = channels of x // groups, float32.
+    x: input, NHWC, float32, or bfloat16 where `native_bf16()`.
+    w: kernel, HWIO with I = channels of x // groups, of x's dtype.
     stride: spatial stride (both axes).
     groups: number of feature groups.
     pads: explicit ((top, bottom), (left, right)) zero padding.

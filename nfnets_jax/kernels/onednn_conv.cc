@@ -1,4 +1,6 @@
 // NHWC x HWIO (grouped) 2D convolutions run by oneDNN, as XLA FFI handlers.
+// float32 or bfloat16 (operands and result of one type; oneDNN accumulates
+// bfloat16 products in float32).
 //
 // Three handlers, one per direction of the convolution y = conv(x, w):
 //   nfnets_conv_forward(x, w) -> y
@@ -6,7 +8,10 @@
 //   nfnets_conv_backward_weights(x, dy) -> dw
 // Attributes: groups (int64), strides (int64[2]), pads (int64[4]: top, bottom,
 // left, right). Shapes come from the buffers: x [N, H, W, C], w [KH, KW, C /
-// groups, O], y [N, OH, OW, O]. Built by nfnets_jax/kernels/build.py.
+// groups, O], y [N, OH, OW, O]. nfnets_onednn_native_bf16() says whether the
+// CPU has bfloat16 instructions oneDNN uses (AVX512-BF16, AMX or
+// AVX2-VNNI-2); without them oneDNN has no bfloat16 convolution. Built by
+// nfnets_jax/kernels/build.py.
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -34,19 +39,19 @@ dnnl::engine& Engine() {
 
 struct Geometry {
   int64_t n, h, w, c, kh, kw, o, oh, ow, groups, sh, sw, pt, pb, pl, pr;
+  memory::data_type type;
 
-  memory::desc Src() const { return {{n, c, h, w}, memory::data_type::f32, Tag::nhwc}; }
-  memory::desc Dst() const { return {{n, o, oh, ow}, memory::data_type::f32, Tag::nhwc}; }
+  memory::desc Src() const { return {{n, c, h, w}, type, Tag::nhwc}; }
+  memory::desc Dst() const { return {{n, o, oh, ow}, type, Tag::nhwc}; }
   // HWIO as oneDNN sees it (its logical order is OIHW, or GOIHW when grouped).
   memory::desc Weights(bool any) const {
-    if (groups == 1)
-      return {{o, c, kh, kw}, memory::data_type::f32, any ? Tag::any : Tag::hwio};
-    return {{groups, o / groups, c / groups, kh, kw}, memory::data_type::f32,
-            any ? Tag::any : Tag::hwigo};
+    if (groups == 1) return {{o, c, kh, kw}, type, any ? Tag::any : Tag::hwio};
+    return {{groups, o / groups, c / groups, kh, kw}, type, any ? Tag::any : Tag::hwigo};
   }
   std::string Key(Direction d) const {
     std::string key = std::to_string(static_cast<int>(d));
-    for (int64_t v : {n, h, w, c, kh, kw, o, groups, sh, sw, pt, pb, pl, pr})
+    for (int64_t v : {n, h, w, c, kh, kw, o, groups, sh, sw, pt, pb, pl, pr,
+                      static_cast<int64_t>(type)})
       key += "," + std::to_string(v);
     return key;
   }
@@ -155,47 +160,45 @@ ffi::Error Run(Direction d, const Geometry& g, void* x, void* w, void* y) {
   return ffi::Error::Success();
 }
 
-ffi::Error Check(ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
-  if (strides.size() != 2 || pads.size() != 4)
-    return ffi::Error::InvalidArgument("strides must have 2 entries and pads 4");
-  return ffi::Error::Success();
-}
-
-Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                      ffi::Span<const int64_t> y, int64_t groups,
-                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
-  return {x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
-          groups, strides[0], strides[1], pads[0], pads[1], pads[2], pads[3]};
-}
-
-using F32 = ffi::Buffer<ffi::F32, 4>;
+using Buffer = ffi::AnyBuffer;
 using Ints = ffi::Span<const int64_t>;
 
-ffi::Error Forward(F32 x, F32 w, ffi::Result<F32> y, int64_t groups, Ints strides, Ints pads) {
-  if (auto e = Check(strides, pads); e.failure()) return e;
-  return Run(Direction::kForward,
-             MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), groups, strides, pads),
-             x.untyped_data(), w.untyped_data(), y->untyped_data());
+// x, w and y as in Run: the forward convolution's operands, whichever is the result.
+ffi::Error Dispatch(Direction d, const Buffer& x, const Buffer& w, const Buffer& y,
+                    int64_t groups, Ints strides, Ints pads) {
+  if (strides.size() != 2 || pads.size() != 4)
+    return ffi::Error::InvalidArgument("strides must have 2 entries and pads 4");
+  const auto type = x.element_type();
+  if (w.element_type() != type || y.element_type() != type ||
+      (type != ffi::DataType::F32 && type != ffi::DataType::BF16))
+    return ffi::Error::InvalidArgument("operands and result must all be float32 or bfloat16");
+  const auto xs = x.dimensions(), ws = w.dimensions(), ys = y.dimensions();
+  if (xs.size() != 4 || ws.size() != 4 || ys.size() != 4)
+    return ffi::Error::InvalidArgument("operands and result must be 4-D");
+  const Geometry g{xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[3], ys[1], ys[2],
+                   groups, strides[0], strides[1], pads[0], pads[1], pads[2], pads[3],
+                   type == ffi::DataType::F32 ? memory::data_type::f32
+                                              : memory::data_type::bf16};
+  return Run(d, g, x.untyped_data(), w.untyped_data(), y.untyped_data());
 }
 
-ffi::Error BackwardData(F32 dy, F32 w, ffi::Result<F32> dx, int64_t groups, Ints strides,
-                        Ints pads) {
-  if (auto e = Check(strides, pads); e.failure()) return e;
-  return Run(Direction::kBackwardData,
-             MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), groups, strides, pads),
-             dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+ffi::Error Forward(Buffer x, Buffer w, ffi::Result<Buffer> y, int64_t groups, Ints strides,
+                   Ints pads) {
+  return Dispatch(Direction::kForward, x, w, *y, groups, strides, pads);
 }
 
-ffi::Error BackwardWeights(F32 x, F32 dy, ffi::Result<F32> dw, int64_t groups, Ints strides,
-                           Ints pads) {
-  if (auto e = Check(strides, pads); e.failure()) return e;
-  return Run(Direction::kBackwardWeights,
-             MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), groups, strides, pads),
-             x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+ffi::Error BackwardData(Buffer dy, Buffer w, ffi::Result<Buffer> dx, int64_t groups,
+                        Ints strides, Ints pads) {
+  return Dispatch(Direction::kBackwardData, *dx, w, dy, groups, strides, pads);
+}
+
+ffi::Error BackwardWeights(Buffer x, Buffer dy, ffi::Result<Buffer> dw, int64_t groups,
+                           Ints strides, Ints pads) {
+  return Dispatch(Direction::kBackwardWeights, x, *dw, dy, groups, strides, pads);
 }
 
 auto Binding() {
-  return ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("groups")
+  return ffi::Ffi::Bind().Arg<Buffer>().Arg<Buffer>().Ret<Buffer>().Attr<int64_t>("groups")
       .Attr<Ints>("strides").Attr<Ints>("pads");
 }
 
@@ -204,3 +207,13 @@ auto Binding() {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(nfnets_conv_forward, Forward, Binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(nfnets_conv_backward_data, BackwardData, Binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(nfnets_conv_backward_weights, BackwardWeights, Binding());
+
+// ISA masks include the bits of the ISAs below them, so these two tests find
+// AVX512-BF16 (and AMX above it) and AVX2-VNNI-2.
+extern "C" int nfnets_onednn_native_bf16() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto has = [isa](dnnl::cpu_isa needed) {
+    return (isa & static_cast<unsigned>(needed)) == static_cast<unsigned>(needed);
+  };
+  return has(dnnl::cpu_isa::avx512_core_bf16) || has(dnnl::cpu_isa::avx2_vnni_2);
+}

@@ -152,8 +152,9 @@ def nf_activation_and_conv(activation: str, gamma_in: str = "activation",
 def default_grouped_conv_impl(dtype: Any = jnp.float32) -> str:
   """What impl='auto' runs for `dtype` on the default backend.
 
-  'onednn' on CPU where its kernel builds (float32), else 'split' on CPU and
-  'xla' on GPU and TPU, which have fast grouped kernels.
+  'onednn' on CPU where its kernel builds and runs `dtype` (float32, and
+  bfloat16 on CPUs with bfloat16 instructions), else 'split' on CPU and 'xla'
+  on GPU and TPU, which have fast grouped kernels.
   """
   # XLA's CPU backend runs feature_group_count convolutions far slower than
   # one dense convolution per group (F0's grouped 3x3 convs, forward and
@@ -161,7 +162,7 @@ def default_grouped_conv_impl(dtype: Any = jnp.float32) -> str:
   # (experiments/step_parts.py --conv_shapes).
   if jax.default_backend() != "cpu":
     return "xla"
-  if jnp.dtype(dtype) == jnp.float32 and onednn.available():
+  if onednn.supports(dtype):
     return "onednn"
   return "split"
 
@@ -219,8 +220,9 @@ def conv2d(x: Array, w: Array, stride: int, groups: int = 1,
     stride: spatial stride.
     groups: number of feature groups.
     impl: 'onednn' runs the convolution with oneDNN's CPU kernels
-      (`nfnets_jax.kernels.onednn`; float32, CPU only); the others are XLA
-      formulations of grouped convolutions with the same result: 'xla' uses
+      (`nfnets_jax.kernels.onednn`; CPU only: float32, and bfloat16 on
+      CPUs with bfloat16 instructions); the others are XLA formulations of
+      grouped convolutions with the same result: 'xla' uses
       `feature_group_count`; 'split' runs one dense convolution per group and
       concatenates; 'im2col' stacks the k*k shifted taps of the input and
       runs one matmul batched over the groups. Under these three an ungrouped
