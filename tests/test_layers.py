@@ -227,6 +227,44 @@ def test_grouped_conv_rejects_unknown_impl():
     layers.conv2d(jnp.zeros((1, 4, 4, 4)), jnp.zeros((3, 3, 2, 4)), 1, 2, "fast")
 
 
+def _numpy_avg_pool_2x2(x):
+  """The definition in float64: each output averages the input pixels under its
+  2x2 window (fewer at an odd edge), and the window's input gradient is the
+  output gradient over that count."""
+  x = np.asarray(x, np.float64)
+  n, h, w, c = x.shape
+  out = np.zeros((n, (h + 1) // 2, (w + 1) // 2, c))
+  for i in range(out.shape[1]):
+    for j in range(out.shape[2]):
+      out[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2))
+  return out
+
+
+# [64, 1, 1, 96]: XLA:CPU's reduce-window (hk.avg_pool) returned 4x the input
+# for this float32 shape (jaxlib 0.10.2), the digits model's last shortcut.
+@pytest.mark.parametrize("shape", [(64, 1, 1, 96), (120, 1, 1, 96), (1, 1, 1, 1), (2, 3, 5, 4),
+                                   (2, 4, 4, 3), (3, 7, 2, 8)])
+def test_avg_pool_2x2_equals_its_definition(shape):
+  x = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
+  out = jax.jit(layers.avg_pool_2x2)(x)
+  np.testing.assert_allclose(out, _numpy_avg_pool_2x2(x), rtol=1e-6, atol=1e-6)
+  bf16 = layers.avg_pool_2x2(x.astype(jnp.bfloat16))
+  assert bf16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(bf16.astype(jnp.float32),
+                             _numpy_avg_pool_2x2(x.astype(jnp.bfloat16).astype(jnp.float32)),
+                             rtol=2**-8, atol=2**-8)
+  # The pooling is linear: its gradient for output cotangent g is the
+  # transpose of the definition, g / count spread over each window.
+  g = np.asarray(jax.random.normal(jax.random.PRNGKey(1), out.shape), np.float64)
+  grad = jax.grad(lambda x: jnp.vdot(layers.avg_pool_2x2(x), g.astype(np.float32)))(x)
+  expected = np.zeros(shape)
+  for i in range(out.shape[1]):
+    for j in range(out.shape[2]):
+      window = expected[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+      window += g[:, i, j][:, None, None] / (window.shape[1] * window.shape[2])
+  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_squeeze_excite_matches_formula():
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 5, 8))
   params, gates = _apply_module(lambda: layers.SqueezeExcite(8, 8, 0.5), x)

@@ -122,7 +122,7 @@ class NFBlock(hk.Module):
     if self.use_projection:
       shortcut = out
       if self.stride > 1 and self.shortcut == "avg_pool":
-        shortcut = hk.avg_pool(shortcut, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+        shortcut = layers.avg_pool_2x2(shortcut)
       shortcut = self.conv_shortcut(shortcut)
     else:
       shortcut = x

@@ -201,6 +201,27 @@ def window_padding(kernel: int, stride: int, padding: str) -> str | list[tuple[i
   return [(pad, pad)] * 2
 
 
+def avg_pool_2x2(x: Array) -> Array:
+  """NHWC 2x2 average pooling with stride 2 and SAME padding.
+
+  `hk.avg_pool(x, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")`: an odd height or
+  width gets one zero row or column at the end, which the average leaves out
+  (timm's `AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)`).
+  Written as a reshape and a sum rather than XLA's reduce-window, which
+  XLA:CPU gets wrong for 1x1 inputs: jaxlib 0.10.2 returned 4x the input
+  for float32 [64, 1, 1, 96] (and larger) arrays, the last block's shortcut
+  in the digits experiment (tests/test_layers.py).
+  """
+  n, h, w, c = x.shape
+  out_h, out_w = -(-h // 2), -(-w // 2)
+  x = jnp.pad(x, ((0, 0), (0, 2 * out_h - h), (0, 2 * out_w - w), (0, 0)))
+  sums = x.reshape(n, out_h, 2, out_w, 2, c).sum(axis=(2, 4))
+  # Input pixels under each window: 2 x 2, less the padding on the last ones.
+  rows = np.minimum(2, h - 2 * np.arange(out_h))
+  cols = np.minimum(2, w - 2 * np.arange(out_w))
+  return sums / jnp.asarray(np.outer(rows, cols)[:, :, None], x.dtype)
+
+
 def max_pool(x: Array, window: int, stride: int, padding: str = "same") -> Array:
   """NHWC max pooling; padded positions never win."""
   pads = window_padding(window, stride, padding)
