@@ -5,7 +5,8 @@ the CPU can do; oneDNN (the library PyTorch runs them with) is 1.5x faster on
 NFNet-F0's grouped 3x3 convolutions, forward and backward
 (experiments/step_parts.py --conv_shapes). `conv` calls oneDNN's forward,
 backward-data and backward-weights primitives through XLA's FFI
-(`onednn_conv.cc`, built on first use by `build.py`); each of the three is a
+(`onednn_conv.cc`, built on first use by `build.py`; a stride-1 1x1
+convolution's backward directions are oneDNN matmuls); each of the three is a
 custom VJP of the others, so gradients of gradients work too. Forward-mode
 differentiation (`jax.jvp`) is not supported. float32, and bfloat16 on CPUs
 with bfloat16 instructions (AVX512-BF16, AMX, AVX2-VNNI-2; `native_bf16()`),

@@ -48,6 +48,10 @@ struct Geometry {
     if (groups == 1) return {{o, c, kh, kw}, type, any ? Tag::any : Tag::hwio};
     return {{groups, o / groups, c / groups, kh, kw}, type, any ? Tag::any : Tag::hwigo};
   }
+  // A stride-1 1x1 convolution, whose backward directions are matmuls.
+  bool Pointwise() const {
+    return kh == 1 && kw == 1 && sh == 1 && sw == 1 && groups == 1 && !(pt | pb | pl | pr);
+  }
   std::string Key(Direction d) const {
     std::string key = std::to_string(static_cast<int>(d));
     for (int64_t v : {n, h, w, c, kh, kw, o, groups, sh, sw, pt, pb, pl, pr,
@@ -107,14 +111,51 @@ std::shared_ptr<Plan> MakePlan(Direction d, const Geometry& g) {
   return plan;
 }
 
+// The backward directions of a stride-1 1x1 convolution are matmuls
+// a @ b = c over the M = N * H * W pixels, whose transposed operands oneDNN
+// reads in place (its `ba` layout):
+//   backward data:    dy [M, O] @ w^T [O, C] = dx [M, C]
+//   backward weights: x^T [C, M] @ dy [M, O] = dw [C, O]
+// oneDNN's matmul packs its operands itself, where its 1x1 backward
+// convolutions need the weights reordered to or from a blocked layout on every
+// call: NFNet-F0's training step (128 px, batch 8) ran 5.8% faster. The
+// forward direction stays a convolution, 3% faster than the matmul in F0's
+// inference forward pass at 256 px.
+struct MatmulPlan {
+  dnnl::primitive primitive;
+  memory::desc a, b, c;
+  size_t scratch_bytes = 0;
+};
+
+std::shared_ptr<MatmulPlan> MakeMatmulPlan(Direction d, const Geometry& g) {
+  const int64_t m = g.n * g.h * g.w;
+  const auto matrix = [&g](int64_t rows, int64_t cols, bool transposed) {
+    return memory::desc({rows, cols}, g.type, transposed ? Tag::ba : Tag::ab);
+  };
+  auto plan = std::make_shared<MatmulPlan>();
+  if (d == Direction::kBackwardData) {
+    plan->a = matrix(m, g.o, false), plan->b = matrix(g.o, g.c, true), plan->c = matrix(m, g.c, false);
+  } else {
+    plan->a = matrix(g.c, m, true), plan->b = matrix(m, g.o, false), plan->c = matrix(g.c, g.o, false);
+  }
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::matmul::primitive_desc pd(Engine(), plan->a, plan->b, plan->c, attr);
+  plan->primitive = dnnl::matmul(pd);
+  plan->scratch_bytes = pd.scratchpad_desc().get_size();
+  return plan;
+}
+
 // Plans are built once per geometry: building one costs far more than a call.
-std::shared_ptr<Plan> GetPlan(Direction d, const Geometry& g) {
+template <typename P>
+std::shared_ptr<P> GetPlan(Direction d, const Geometry& g,
+                           std::shared_ptr<P> (*make)(Direction, const Geometry&)) {
   static std::mutex mutex;
-  static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
+  static std::unordered_map<std::string, std::shared_ptr<P>> plans;
   const std::string key = g.Key(d);
   std::lock_guard<std::mutex> lock(mutex);
   auto& plan = plans[key];
-  if (!plan) plan = MakePlan(d, g);
+  if (!plan) plan = make(d, g);
   return plan;
 }
 
@@ -126,34 +167,60 @@ struct Aligned {
   ~Aligned() { std::free(data); }
 };
 
+memory Scratchpad(const Aligned& scratch, size_t bytes) {
+  return memory({{static_cast<int64_t>(bytes)}, memory::data_type::u8, Tag::x}, Engine(),
+                scratch.data);
+}
+
 // x, w and y are the forward convolution's operands: under kBackwardData x is
 // the result (dx) and y the output gradient, under kBackwardWeights w is the
 // result (dw).
+void RunMatmul(Direction d, const Geometry& g, void* x, void* w, void* y) {
+  auto plan = GetPlan(d, g, MakeMatmulPlan);
+  void* a = d == Direction::kBackwardData ? y : x;
+  void* b = d == Direction::kBackwardData ? w : y;
+  void* c = d == Direction::kBackwardData ? x : w;
+  dnnl::stream stream(Engine());
+  Aligned scratch(plan->scratch_bytes);
+  plan->primitive.execute(stream, {{DNNL_ARG_SRC, memory(plan->a, Engine(), a)},
+                                   {DNNL_ARG_WEIGHTS, memory(plan->b, Engine(), b)},
+                                   {DNNL_ARG_DST, memory(plan->c, Engine(), c)},
+                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(scratch, plan->scratch_bytes)}});
+  stream.wait();
+}
+
+void RunConvolution(Direction d, const Geometry& g, void* x, void* w, void* y) {
+  auto plan = GetPlan(d, g, MakePlan);
+  dnnl::stream stream(Engine());
+  Aligned scratch(plan->scratch_bytes), weights(plan->reordered ? plan->weights.get_size() : 0);
+  memory user_w(plan->user_weights, Engine(), w);
+  memory prim_w = plan->reordered ? memory(plan->weights, Engine(), weights.data) : user_w;
+  memory src(g.Src(), Engine(), x), dst(g.Dst(), Engine(), y);
+  memory scratch_m = Scratchpad(scratch, plan->scratch_bytes);
+  if (d != Direction::kBackwardWeights && plan->reordered)
+    plan->reorder.execute(stream, {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, prim_w}});
+  if (d == Direction::kForward) {
+    plan->primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, prim_w},
+                                     {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+  } else if (d == Direction::kBackwardData) {
+    plan->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, prim_w},
+                                     {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+  } else {
+    plan->primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, prim_w},
+                                     {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+    if (plan->reordered)
+      plan->reorder.execute(stream, {{DNNL_ARG_FROM, prim_w}, {DNNL_ARG_TO, user_w}});
+  }
+  stream.wait();
+}
+
 ffi::Error Run(Direction d, const Geometry& g, void* x, void* w, void* y) {
   try {
-    auto plan = GetPlan(d, g);
-    dnnl::stream stream(Engine());
-    Aligned scratch(plan->scratch_bytes), weights(plan->reordered ? plan->weights.get_size() : 0);
-    memory user_w(plan->user_weights, Engine(), w);
-    memory prim_w = plan->reordered ? memory(plan->weights, Engine(), weights.data) : user_w;
-    memory src(g.Src(), Engine(), x), dst(g.Dst(), Engine(), y);
-    memory scratch_m({{static_cast<int64_t>(plan->scratch_bytes)}, memory::data_type::u8, Tag::x},
-                     Engine(), scratch.data);
-    if (d != Direction::kBackwardWeights && plan->reordered)
-      plan->reorder.execute(stream, {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, prim_w}});
-    if (d == Direction::kForward) {
-      plan->primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, prim_w},
-                                       {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
-    } else if (d == Direction::kBackwardData) {
-      plan->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, prim_w},
-                                       {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
+    if (d != Direction::kForward && g.Pointwise()) {
+      RunMatmul(d, g, x, w, y);
     } else {
-      plan->primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, prim_w},
-                                       {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch_m}});
-      if (plan->reordered)
-        plan->reorder.execute(stream, {{DNNL_ARG_FROM, prim_w}, {DNNL_ARG_TO, user_w}});
+      RunConvolution(d, g, x, w, y);
     }
-    stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
   }
