@@ -118,9 +118,9 @@ std::shared_ptr<Plan> MakePlan(Direction d, const Geometry& g) {
 //   backward weights: x^T [C, M] @ dy [M, O] = dw [C, O]
 // oneDNN's matmul packs its operands itself, where its 1x1 backward
 // convolutions need the weights reordered to or from a blocked layout on every
-// call: NFNet-F0's training step (128 px, batch 8) ran 5.8% faster. The
+// call: NFNet-F0's training step (128 px, batch 8) ran about 4% faster. The
 // forward direction stays a convolution, 3% faster than the matmul in F0's
-// inference forward pass at 256 px.
+// inference forward pass at 256 px (README, "Convolutions on CPU").
 struct MatmulPlan {
   dnnl::primitive primitive;
   memory::desc a, b, c;
