@@ -133,11 +133,10 @@ std::shared_ptr<MatmulPlan> MakeMatmulPlan(Direction d, const Geometry& g) {
     return memory::desc({rows, cols}, g.type, transposed ? Tag::ba : Tag::ab);
   };
   auto plan = std::make_shared<MatmulPlan>();
-  if (d == Direction::kBackwardData) {
-    plan->a = matrix(m, g.o, false), plan->b = matrix(g.o, g.c, true), plan->c = matrix(m, g.c, false);
-  } else {
-    plan->a = matrix(g.c, m, true), plan->b = matrix(m, g.o, false), plan->c = matrix(g.c, g.o, false);
-  }
+  const bool data = d == Direction::kBackwardData;
+  plan->a = data ? matrix(m, g.o, false) : matrix(g.c, m, true);
+  plan->b = data ? matrix(g.o, g.c, true) : matrix(m, g.o, false);
+  plan->c = data ? matrix(m, g.c, false) : matrix(g.c, g.o, false);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::matmul::primitive_desc pd(Engine(), plan->a, plan->b, plan->c, attr);
@@ -185,7 +184,8 @@ void RunMatmul(Direction d, const Geometry& g, void* x, void* w, void* y) {
   plan->primitive.execute(stream, {{DNNL_ARG_SRC, memory(plan->a, Engine(), a)},
                                    {DNNL_ARG_WEIGHTS, memory(plan->b, Engine(), b)},
                                    {DNNL_ARG_DST, memory(plan->c, Engine(), c)},
-                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(scratch, plan->scratch_bytes)}});
+                                   {DNNL_ARG_SCRATCHPAD,
+                                    Scratchpad(scratch, plan->scratch_bytes)}});
   stream.wait();
 }
 
