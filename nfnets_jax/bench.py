@@ -9,8 +9,8 @@ r"""Training-step benchmark: speed, FLOP utilisation, memory, AGC overhead.
 
 The timed step is the training system's own (`train_step.make_train_step` on
 the optimizer of `optim.build_optimizer`): forward, backward, cross-device
-mean, AGC, weight decay, SGD and the weight EMA, on random images already on
-the devices. `--forward` also times the inference forward pass (the
+mean, AGC, weight decay, SGD and the weight EMA (`--ema_decay=0`: none), on
+random images already on the devices. `--forward` also times the inference forward pass (the
 evaluation step's model call, eval mode, at the test resolution, on weights
 standardised once beforehand as evaluation does). Steps of the
 measured variants (e.g. with and without AGC) are interleaved, so load that
@@ -300,6 +300,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict,
     config.data.train_px = args.resolution
   if args.dtype:
     config.train.compute_dtype = args.dtype
+  if args.ema_decay is not None:
+    if not 0 <= args.ema_decay < 1:
+      raise ValueError(f"--ema_decay must be in [0, 1) (0: no weight EMA), got {args.ema_decay}.")
+    config.optimizer.ema_decay = args.ema_decay
   per_device_batch = args.batch or config.train.batch_size // devices
   if per_device_batch <= 0:
     raise ValueError(f"The per-device batch must be positive, got {per_device_batch}; "
@@ -378,6 +382,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
       "dtype": config.train.compute_dtype, "backend": jax.default_backend(),
       "device_kind": jax.devices()[0].device_kind, "steps": args.steps,
       "agc_clipping": config.optimizer.clipping,
+      "ema_decay": config.optimizer.ema_decay or 0.0,
       # What grouped_conv='auto' (and every other convolution) ran.
       "conv_impl": layers.default_grouped_conv_impl(ts.compute_dtype(config.train.compute_dtype)),
       "compile_s": main.compile_s,
@@ -445,6 +450,7 @@ def format_table(r: dict[str, Any]) -> str:
                 f"{r['backend']} device(s) ({r['device_kind']}), {r['dtype']}"),
       ("convolutions", f"{r['conv_impl']!r} (grouped_conv='auto')"),
       ("compile", f"{r['compile_s']:.1f} s"),
+      ("weight EMA", f"decay {r['ema_decay']:g}" if r["ema_decay"] else "none (--ema_decay=0)"),
       ("step time", f"median {r['step_time_median_s'] * 1e3:.1f} ms, IQR "
                     f"{r['step_time_iqr_s'] * 1e3:.1f} ms, min {r['step_time_min_s'] * 1e3:.1f}"
                     f" / max {r['step_time_max_s'] * 1e3:.1f} ms over {r['steps']} steps"),
@@ -514,6 +520,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument("--batch", type=int, help="Per-device batch (default 8).")
   parser.add_argument("--dtype", choices=sorted(ts.COMPUTE_DTYPES),
                       help="Compute dtype (default float32).")
+  parser.add_argument("--ema_decay", type=float,
+                      help="Decay of the weight EMA the step keeps (default: the config's, "
+                      "0.99999); 0 keeps none, as timm's step without --model-ema.")
   parser.add_argument("--steps", type=int, default=10, help="Timed steps per variant.")
   parser.add_argument("--warmup_steps", type=int, default=1)
   parser.add_argument("--grouped_conv", choices=layers.GROUPED_CONV_IMPLS, default="auto",

@@ -97,7 +97,7 @@ def test_figures_follow_their_definitions(result):
 
 def test_table_names_each_figure(result):
   table = bench.format_table(result)
-  for label in ("convolutions", "compile", "step time", "images/s", "GFLOP/s", "matmul peak",
+  for label in ("convolutions", "compile", "weight EMA", "step time", "images/s", "GFLOP/s", "matmul peak",
                 "peak memory", "AGC overhead", "forward", "input pipeline", "load average"):
     assert label in table, label
 
@@ -110,6 +110,28 @@ def test_bad_flags_name_the_fix():
   with pytest.raises(ValueError, match="contradicts the config"):
     bench.resolve_config(bench.parse_args(
         ["--config=experiments/digits.py", "--model=ResNet"]))
+
+
+def test_ema_decay_flag_sets_the_weight_average_the_step_keeps():
+  # timm's step keeps no EMA unless asked: --ema_decay=0 times the same work.
+  after_two_steps = {}
+  for flags in ([], ["--ema_decay=0"]):
+    config, num_classes, batch = bench.resolve_config(bench.parse_args([*TINY, *flags]))
+    variant = bench.build_variant(config, num_classes, batch)
+    start = jax.device_get(variant.state.params)  # Before a step donates it.
+    for _ in range(2):  # The first step's learning rate is 0 (warm-up from 0).
+      variant.run()
+    after_two_steps[bool(flags)] = [jax.tree.leaves(jax.device_get(t)) for t in (
+        start, variant.state.params, variant.state.ema_params)]
+  start, params, ema = after_two_steps[True]
+  assert any((a != b).any() for a, b in zip(start, params))
+  assert all((a == b).all() for a, b in zip(ema, params))
+  start, params, ema = after_two_steps[False]  # The config's EMA lags the weights.
+  assert any((a != b).any() for a, b in zip(ema, params))
+  config, _, _ = bench.resolve_config(bench.parse_args([*TINY, "--ema_decay=0.5"]))
+  assert config.optimizer.ema_decay == 0.5
+  with pytest.raises(ValueError, match="ema_decay must be in"):
+    bench.resolve_config(bench.parse_args([*TINY, "--ema_decay=1"]))
 
 
 def test_matmul_peak_chains_products_too_short_to_time(monkeypatch):
