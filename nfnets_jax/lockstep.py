@@ -9,7 +9,8 @@ holds it. The benchmarks give the token back between timed steps, so their
 steps alternate one by one and step i of each command runs within seconds of
 step i of the others. It then pairs the steps by index and reports, against
 the first command, the median of the per-pair time ratios and how many pairs
-each command won.
+each command won; `--pair=A/B` also compares two other commands, such as two
+that do the same work when the first does more.
 
     python -m nfnets_jax.lockstep --run "ours=python -m nfnets_jax.bench --model=NFNet --variant=F0 --steps=20 --no-agc_overhead --forward --forward_resolution=256 --json" \
         --run "timm=/tmp/torchenv/bin/python experiments/bench_timm.py --steps=20 --forward_resolution=256 --json"
@@ -161,6 +162,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--run", action="append", required=True, metavar="NAME=COMMAND",
                       help="A benchmark command, named; give two or more. The "
                       "first is the one the others are compared with.")
+  parser.add_argument("--pair", action="append", default=[], metavar="A/B",
+                      help="Also compare command A with command B (two NAMEs of --run), "
+                      "step by step as the first is with the others; repeatable.")
   parser.add_argument("--json", action="store_true",
                       help="Print one JSON object: the comparison and every command's result.")
   args = parser.parse_args(argv)
@@ -170,13 +174,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not sep or not name or not command.strip() or name in commands:
       parser.error(f"--run needs a new NAME=COMMAND, got {spec!r}.")
     commands[name] = shlex.split(command)
+  pairs = [tuple(spec.split("/")) for spec in args.pair]
+  for spec, pair in zip(args.pair, pairs):
+    if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(commands):
+      parser.error(f"--pair needs two different NAMEs of --run as A/B "
+                   f"(names: {', '.join(commands)}), got {spec!r}.")
   try:
     results = run_in_turns(commands)
   except RuntimeError as e:
     sys.exit(f"error: {e}")
   table = compare(results)
-  print(json.dumps({"comparison": table, "results": results}) if args.json
-        else format_table(table), flush=True)
+  paired = {f"{a}/{b}": compare({a: results[a], b: results[b]}) for a, b in pairs}
+  if args.json:
+    print(json.dumps({"comparison": table, "pairs": paired, "results": results}), flush=True)
+  else:
+    print("\n".join([format_table(table), *map(format_table, paired.values())]), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """nfnets_jax.lockstep: benchmark processes take strict turns, never overlapping."""
 import json
 import pathlib
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,10 @@ def test_main_rejects_malformed_runs(capsys):
   with pytest.raises(SystemExit):
     lockstep.main(["--run", "no-equals-sign"])
   assert "NAME=COMMAND" in capsys.readouterr().err
+  for pair in ("x/z", "x/x", "x", "x/y/x"):
+    with pytest.raises(SystemExit):
+      lockstep.main(["--run", "x=true", "--run", "y=true", "--pair", pair])
+    assert "--pair needs two different NAMEs of --run" in capsys.readouterr().err
 
 
 def test_bench_hands_the_token_on_before_every_step():
@@ -110,12 +115,21 @@ def test_no_driver_no_turns(monkeypatch):
 
 
 def test_driver_end_to_end_prints_the_table(tmp_path):
+  runs = [arg for name in "xyz" for arg in
+          ("--run", f"{name}=" + " ".join(_worker(tmp_path, name, 3, 0.002)))]
   done = subprocess.run(
-      [sys.executable, "-m", "nfnets_jax.lockstep", "--json",
-       "--run", "x=" + " ".join(_worker(tmp_path, "x", 3, 0.0)),
-       "--run", "y=" + " ".join(_worker(tmp_path, "y", 3, 0.0))],
+      [sys.executable, "-m", "nfnets_jax.lockstep", "--json", *runs, "--pair=z/y"],
       capture_output=True, text=True, check=True)
   out = json.loads(done.stdout)
   assert set(out["comparison"]) == {"train", "forward"}
   assert out["comparison"]["train"]["y"]["pairs"] == 3
   assert len(out["results"]["x"]["step_times_s"]) == 3
+  # The extra pair: z's steps against y's, by index, as the first's are.
+  z_over_y = [z / y for z, y in zip(out["results"]["z"]["step_times_s"],
+                                    out["results"]["y"]["step_times_s"])]
+  row = out["pairs"]["z/y"]["train"]["y"]
+  assert row["median_ratio_first_over_this"] == pytest.approx(statistics.median(z_over_y))
+  assert row["pairs_first_faster"] == sum(r < 1 for r in z_over_y)
+  text = subprocess.run([sys.executable, "-m", "nfnets_jax.lockstep", *runs, "--pair=z/y"],
+                        capture_output=True, text=True, check=True).stdout
+  assert "z/y median ratio" in text and "x/y median ratio" in text
