@@ -10,9 +10,9 @@ r"""Training-step benchmark: speed, FLOP utilisation, memory, AGC overhead.
 The timed step is the training system's own (`train_step.make_train_step` on
 the optimizer of `optim.build_optimizer`): forward, backward, cross-device
 mean, AGC, weight decay, SGD and the weight EMA (`--ema_decay=0`: none), on
-random images already on the devices. `--forward` also times the inference forward pass (the
-evaluation step's model call, eval mode, at the test resolution, on weights
-standardised once beforehand as evaluation does). Steps of the
+random images already on the devices. `--forward` also times the inference
+forward pass (the evaluation step's model call, eval mode, at the test
+resolution, on weights standardised once beforehand as evaluation does). Steps of the
 measured variants (e.g. with and without AGC) are interleaved, so load that
 changes during the run affects them alike; `python -m nfnets_jax.lockstep`
 alternates them step by step with another benchmark process's (timm's, say).

@@ -97,8 +97,9 @@ def test_figures_follow_their_definitions(result):
 
 def test_table_names_each_figure(result):
   table = bench.format_table(result)
-  for label in ("convolutions", "compile", "weight EMA", "step time", "images/s", "GFLOP/s", "matmul peak",
-                "peak memory", "AGC overhead", "forward", "input pipeline", "load average"):
+  for label in ("convolutions", "compile", "weight EMA", "step time", "images/s", "GFLOP/s",
+                "matmul peak", "peak memory", "AGC overhead", "forward", "input pipeline",
+                "load average"):
     assert label in table, label
 
 
@@ -126,7 +127,7 @@ def test_ema_decay_flag_sets_the_weight_average_the_step_keeps():
   start, params, ema = after_two_steps[True]
   assert any((a != b).any() for a, b in zip(start, params))
   assert all((a == b).all() for a, b in zip(ema, params))
-  start, params, ema = after_two_steps[False]  # The config's EMA lags the weights.
+  _, params, ema = after_two_steps[False]  # The config's EMA lags the weights.
   assert any((a != b).any() for a, b in zip(ema, params))
   config, _, _ = bench.resolve_config(bench.parse_args([*TINY, "--ema_decay=0.5"]))
   assert config.optimizer.ema_decay == 0.5
