@@ -307,6 +307,11 @@ def build_optimizer(
     if value <= 0:
       raise ValueError(f"{name} must be positive, got {value}.")
   _check_sam(config.sam.rho, config.sam.batch_fraction)
+  # 1 would freeze the EMA at the initial weights, above 1 diverge; both
+  # silently, since the EMA is only looked at when evaluating.
+  if not 0 <= config.ema_decay < 1:
+    raise ValueError("optimizer.ema_decay must be in [0, 1) (0: no weight "
+                     f"EMA), got {config.ema_decay}.")
   peak_lr = config.lr
   if config.lr_scale_by_batch:
     peak_lr *= batch_size / config.lr_reference_batch

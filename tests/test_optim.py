@@ -459,6 +459,8 @@ def test_agc_exclude_predicate_overrides_config():
     ("sam.rho", -0.1, "sam.rho must be >= 0"),
     ("sam.batch_fraction", 0.0, r"batch_fraction must be in \(0, 1\]"),
     ("clipping", -1.0, "clipping must be > 0"),
+    ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
+    ("ema_decay", -0.5, r"ema_decay must be in \[0, 1\)"),
     ("agc_exclude", "([", "Invalid exclusion regex"),
 ])
 def test_config_errors(field, value, match):
