@@ -7,7 +7,12 @@ benchmark commands in strict turns: it starts each one when its first turn
 comes and passes a single token around; a process computes only while it
 holds it. The benchmarks give the token back between timed steps, so their
 steps alternate one by one and step i of each command runs within seconds of
-step i of the others. It then pairs the steps by index and reports, against
+step i of the others. Each cycle of turns starts one command later than the
+one before (a b, b a, a b, ... for two): in a fixed order, the first of two
+identical F0 training benchmarks ran 9.6% slower (paired median; it won 1
+of 20 pairs) and the first of three 3.5-6% slower, and with the rotation
+the two were level (1.4%, 9 of 20; 2026-12-08, the 2-core Intel machine).
+It then pairs the steps by index and reports, against
 the first command, the median of the per-pair time ratios and how many pairs
 each command won; `--pair=A/B` also compares two other commands, such as two
 that do the same work when the first does more.
@@ -105,8 +110,14 @@ def run_in_turns(commands: dict[str, Sequence[str]]) -> dict[str, dict]:
   """Runs the commands in strict turns until all exit; their JSON results by name."""
   everyone = [_Command(name, argv) for name, argv in commands.items()]
   running = list(everyone)
+  cycle = 0
   while running:
-    running = [command for command in running if command.take_turn()]
+    # Each cycle of turns starts one command later (see the module docstring).
+    start = cycle % len(running)
+    going_on = {command.name for command in running[start:] + running[:start]
+                if command.take_turn()}
+    running = [command for command in running if command.name in going_on]
+    cycle += 1
   return {command.name: command.result() for command in everyone}
 
 

@@ -57,8 +57,9 @@ def test_steps_alternate_and_never_overlap(tmp_path):
                  (line.split() for line in (tmp_path / "log.txt").read_text().splitlines()))
   for (_, end, _), (next_start, _, _) in zip(steps, steps[1:]):
     assert end <= next_start  # Only the process holding the token computes.
-  # Round robin while all three run; then the ones left, in order.
-  assert [name for *_, name in steps] == list("abc" * 4 + "ac" + "a")
+  # Each cycle of turns starts one command later; the first cycle starts the
+  # three (no steps), then bca, cab, abc, bca; b has ended, so ca; then a.
+  assert [name for *_, name in steps] == list("bca" + "cab" + "abc" + "bca" + "ca" + "a")
 
 
 def test_compare_pairs_steps_by_index_against_the_first():
