@@ -10,14 +10,15 @@ steps alternate one by one and step i of each command runs within seconds of
 step i of the others. Each cycle of turns starts one command later than the
 one before (a b, b a, a b, ... for two). In a fixed order the first of two
 identical F0 training benchmarks ran 9.6% slower (paired median; it won 1
-of 20 pairs), the first of three 3.5-6% slower. Rotated, the paired median
-was 1.014 (9 of 20), but the pairs split by which command went first in
-their cycle: 0.98 when the first command did (so ran right after its own
-previous turn) and 1.105 when it followed the other; a process runs about
-5% faster after its own turn than after another's, and the rotation gives
-each command that advantage in half the pairs. Even balanced so (the
-geometric mean of the two, 1.041) the first command was slower: compare
-programs in both orders (2026-12-08, the 2-core Intel machine).
+of 20 pairs), the first of three 3.5-6% slower. Rotated, in two runs, the
+paired medians were 1.014 and 1.019, but the pairs split by which command
+went first in their cycle: 0.98 and 0.998 when the first command did (so
+ran right after its own previous turn), 1.105 and 1.053 when it followed
+the other; a process runs 3-5% faster after its own turn than after
+another's, and the rotation gives each command that advantage in half the
+pairs. Balanced so (the geometric mean of the two, 1.041 and 1.025) the
+first command was still slower: compare programs in both orders
+(2026-12-08, the 2-core Intel machine).
 It then pairs the steps by index and reports, against
 the first command, the median of the per-pair time ratios and how many pairs
 each command won; `--pair=A/B` also compares two other commands, such as two
