@@ -20,9 +20,10 @@ pairs. Balanced so (the geometric mean of the two, 1.041 and 1.025) the
 first command was still slower: compare programs in both orders
 (2026-12-08, the 2-core Intel machine).
 It then pairs the steps by index and reports, against
-the first command, the median of the per-pair time ratios and how many pairs
-each command won; `--pair=A/B` also compares two other commands, such as two
-that do the same work when the first does more.
+the first command, the median of the per-pair time ratios, that ratio with
+the turn order balanced (`balanced_ratio`: over the rotation's phases) and
+how many pairs each command won; `--pair=A/B` also compares two other
+commands, such as two that do the same work when the first does more.
 
     python -m nfnets_jax.lockstep --run "ours=python -m nfnets_jax.bench --model=NFNet --variant=F0 --steps=20 --no-agc_overhead --forward --forward_resolution=256 --json" \
         --run "timm=/tmp/torchenv/bin/python experiments/bench_timm.py --steps=20 --forward_resolution=256 --json"
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import statistics
@@ -139,8 +141,20 @@ def step_times(result: dict) -> dict[str, list[float]]:
   return times
 
 
-def compare(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
-  """Per kind of step and command: min / median / max, and pairs against the first."""
+def balanced_ratio(ratios: Sequence[float], period: int) -> float:
+  """The paired ratios with the turn order balanced: the geometric mean, over
+  the `period` phases of the rotation (pairs i, i + period, ...), of each
+  phase's median; in one phase a command may always run right after itself."""
+  medians = [statistics.median(ratios[phase::period])
+             for phase in range(min(period, len(ratios)))]
+  return math.exp(statistics.fmean(math.log(m) for m in medians))
+
+
+def compare(results: dict[str, dict],
+            period: Optional[int] = None) -> dict[str, dict[str, dict]]:
+  """Per kind of step and command: min / median / max, and pairs against the
+  first; `period`: how many commands took turns (default: those in `results`)."""
+  period = period or len(results)
   times = {name: step_times(result) for name, result in results.items()}
   first = next(iter(times))
   table: dict[str, dict[str, dict]] = {}
@@ -155,6 +169,7 @@ def compare(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
         pairs = list(zip(times[first][kind], t))
         ratios = [ours / theirs for ours, theirs in pairs]
         row.update(pairs=len(pairs), median_ratio_first_over_this=statistics.median(ratios),
+                   balanced_ratio_first_over_this=balanced_ratio(ratios, period),
                    pairs_first_faster=sum(r < 1 for r in ratios))
       table.setdefault(kind, {})[name] = row
   return table
@@ -168,7 +183,8 @@ def format_table(table: dict[str, dict[str, dict]]) -> str:
       text = (f"{kind:8s} {name:12s} median {row['median_s']:.3f} s "
               f"(min {row['min_s']:.3f} / max {row['max_s']:.3f}, {row['steps']} steps)")
       if "pairs" in row:
-        text += (f"; {first}/{name} median ratio {row['median_ratio_first_over_this']:.3f}, "
+        text += (f"; {first}/{name} median ratio {row['median_ratio_first_over_this']:.3f} "
+                 f"(order-balanced {row['balanced_ratio_first_over_this']:.3f}), "
                  f"{first} faster in {row['pairs_first_faster']}/{row['pairs']} pairs")
       lines.append(text)
   return "\n".join(lines)
@@ -202,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   except RuntimeError as e:
     sys.exit(f"error: {e}")
   table = compare(results)
-  paired = {f"{a}/{b}": compare({a: results[a], b: results[b]}) for a, b in pairs}
+  paired = {f"{a}/{b}": compare({a: results[a], b: results[b]}, len(results))
+            for a, b in pairs}
   if args.json:
     print(json.dumps({"comparison": table, "pairs": paired, "results": results}), flush=True)
   else:

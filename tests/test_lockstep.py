@@ -134,3 +134,18 @@ def test_driver_end_to_end_prints_the_table(tmp_path):
   text = subprocess.run([sys.executable, "-m", "nfnets_jax.lockstep", *runs, "--pair=z/y"],
                         capture_output=True, text=True, check=True).stdout
   assert "z/y median ratio" in text and "x/y median ratio" in text
+
+
+def test_the_balanced_ratio_weighs_each_phase_of_the_rotation_alike():
+  # Two commands: in alternate pairs the first runs right after its own turn.
+  ours = {"step_times_s": [0.9, 1.2, 0.9, 1.2, 0.9, 1.2, 0.9]}
+  theirs = {"step_times_s": [1.0] * 7}
+  row = lockstep.compare({"ours": ours, "theirs": theirs})["train"]["theirs"]
+  assert row["median_ratio_first_over_this"] == pytest.approx(0.9)  # 4 of the 7 pairs.
+  assert row["balanced_ratio_first_over_this"] == pytest.approx((0.9 * 1.2) ** 0.5)
+  # Under a rotation of three commands the phases are pairs 0, 3 / 1, 4 / 2, 5.
+  ours3 = {"step_times_s": [0.9, 1.2, 1.0, 0.9, 1.2, 1.0]}
+  row = lockstep.compare({"ours": ours3, "theirs": theirs}, period=3)["train"]["theirs"]
+  assert row["balanced_ratio_first_over_this"] == pytest.approx((0.9 * 1.2 * 1.0) ** (1 / 3))
+  assert "order-balanced 1.039" in lockstep.format_table(
+      lockstep.compare({"ours": ours, "theirs": theirs}))
