@@ -301,8 +301,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict,
   if args.dtype:
     config.train.compute_dtype = args.dtype
   if args.ema_decay is not None:
-    if not 0 <= args.ema_decay < 1:
-      raise ValueError(f"--ema_decay must be in [0, 1) (0: no weight EMA), got {args.ema_decay}.")
+    optim.check_ema_decay(args.ema_decay, "--ema_decay")
     config.optimizer.ema_decay = args.ema_decay
   per_device_batch = args.batch or config.train.batch_size // devices
   if per_device_batch <= 0:

@@ -279,6 +279,14 @@ def _check_sam(rho: float, batch_fraction: float) -> None:
                      f"{batch_fraction}.")
 
 
+def check_ema_decay(decay: float, name: str = "optimizer.ema_decay") -> None:
+  """Refuses a weight-EMA decay outside [0, 1), naming it as the user set it."""
+  # 1 would freeze the EMA at the initial weights, above 1 diverge; both
+  # silently, since the EMA is only looked at when evaluating.
+  if not 0 <= decay < 1:
+    raise ValueError(f"{name} must be in [0, 1) (0: no weight EMA), got {decay}.")
+
+
 def build_optimizer(
     config: ml_collections.ConfigDict, *, batch_size: int, total_steps: int,
     steps_per_epoch: int, agc_exclude: Optional[PathPredicate] = None,
@@ -307,11 +315,7 @@ def build_optimizer(
     if value <= 0:
       raise ValueError(f"{name} must be positive, got {value}.")
   _check_sam(config.sam.rho, config.sam.batch_fraction)
-  # 1 would freeze the EMA at the initial weights, above 1 diverge; both
-  # silently, since the EMA is only looked at when evaluating.
-  if not 0 <= config.ema_decay < 1:
-    raise ValueError("optimizer.ema_decay must be in [0, 1) (0: no weight "
-                     f"EMA), got {config.ema_decay}.")
+  check_ema_decay(config.ema_decay)
   peak_lr = config.lr
   if config.lr_scale_by_batch:
     peak_lr *= batch_size / config.lr_reference_batch
